@@ -1,0 +1,89 @@
+"""The ``NOTIFICATIONS`` settings dict, read through one object with documented defaults.
+
+Modelled on Django REST framework's ``api_settings``: unknown keys are rejected (a typo must not
+silently fall back to a default) and the cache is dropped on ``setting_changed`` so that
+``override_settings`` works in tests. Every key is documented in docs/settings.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Origins allowed for the WebSocket handshake in addition to ALLOWED_HOSTS
+    # (scheme://host[:port]); the project fills it from NOTIFICATIONS_ALLOWED_ORIGINS.
+    "ALLOWED_ORIGINS": [],
+    # Accept handshakes without an Origin header (not a browser: scripts, services).
+    "ALLOW_MISSING_ORIGIN": True,
+    # Channel-layer alias used for fan-out between server processes.
+    "CHANNEL_LAYER": "default",
+    # Most events one replay sends; more sets `complete: false`.
+    "REPLAY_LIMIT": 200,
+    # Largest client frame in bytes; bigger closes with 1009.
+    "MAX_FRAME_BYTES": 64 * 1024,
+    # Client frames allowed per window, per user (per connection for anonymous visitors).
+    "RATE_LIMIT_FRAMES": 50,
+    "RATE_LIMIT_WINDOW": 10.0,
+    # Frames a client may still send after `rate_limited` within the window before 4429.
+    "RATE_LIMIT_GRACE": 10,
+    # Open sockets per signed-in user in one server process; None for no cap.
+    "MAX_CONNECTIONS_PER_USER": 50,
+    # Open sockets per client IP in one server process; None (off) since NAT and proxies
+    # put many visitors behind one address.
+    "MAX_CONNECTIONS_PER_IP": None,
+    # Seconds between the hub's reads of committed events it was not told about (events
+    # sent by another process with no shared channel layer, or lost by the layer).
+    "POLL_INTERVAL": 1.0,
+    # Seconds the hub waits for a missing lower id to arrive before asking the database.
+    "GAP_WAIT": 0.05,
+    # Seconds between checks that connected users' sessions still exist and users are active.
+    "SESSION_CHECK_INTERVAL": 2.0,
+    # Seconds during which a repeated idempotency key returns the first event.
+    "IDEMPOTENCY_WINDOW": 24 * 3600,
+    # Users per group_send message before the hub looks recipients up in the database.
+    "MAX_INLINE_RECIPIENTS": 1000,
+}
+
+
+class NotificationsSettings:
+    """Attribute access to ``settings.NOTIFICATIONS`` merged over :data:`DEFAULTS`."""
+
+    def __init__(self) -> None:
+        self._cached: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        user = getattr(settings, "NOTIFICATIONS", {}) or {}
+        if not isinstance(user, dict):
+            raise ImproperlyConfigured("NOTIFICATIONS must be a dict.")
+        unknown = sorted(set(user) - set(DEFAULTS))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"Unknown NOTIFICATIONS key(s): {', '.join(unknown)}. "
+                f"Known keys: {', '.join(sorted(DEFAULTS))}."
+            )
+        return {**DEFAULTS, **user}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid NOTIFICATIONS setting: {name!r}")
+        if self._cached is None:
+            self._cached = self._load()
+        return self._cached[name]
+
+    def reload(self) -> None:
+        self._cached = None
+
+
+notifications_settings = NotificationsSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "NOTIFICATIONS":
+        notifications_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,204 @@
+"""Storage: events, who they are for, read state, topics and staff broadcasts.
+
+An :class:`Event` is stored once, whatever its audience. Who may see it is a property of the
+event (``reach``, ``groups``, ``to_topic``) resolved by query, plus explicit :class:`Recipient`
+rows only for events sent to named users. An announcement to 100,000 users is therefore one row,
+not 100,000. Read state is sparse: a per-user ``read_through`` watermark (set by "mark all
+read") plus one :class:`ReadMark` per event read individually above it.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+RESERVED_SLUGS = frozenset({"everyone"})
+TITLE_MAX_LENGTH = 200
+
+
+class Level(models.TextChoices):
+    INFO = "info", "Info"
+    SUCCESS = "success", "Success"
+    WARNING = "warning", "Warning"
+    ERROR = "error", "Error"
+
+
+class Reach(models.TextChoices):
+    """The widest built-in audience of an event; each value includes the ones above it."""
+
+    TARGETED = "", "Only the named users, groups or topic"
+    STAFF = "staff", "Staff"
+    AUTHENTICATED = "authenticated", "All signed-in users"
+    EVERYONE = "everyone", "Everyone, anonymous visitors included"
+
+
+def validate_topic_slug(value: str) -> None:
+    if value in RESERVED_SLUGS:
+        raise ValidationError(f"The slug {value!r} is reserved.")
+
+
+class Topic(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=50, unique=True, validators=[validate_topic_slug])
+    description = models.TextField(blank=True)
+    is_public = models.BooleanField(
+        default=True,
+        help_text="Anyone, anonymous visitors included, may follow a public topic. "
+        "A private topic reaches only the users and groups subscribed here.",
+    )
+    users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        through="Subscription",
+        related_name="notification_topics",
+        blank=True,
+        verbose_name="subscribed users",
+    )
+    groups = models.ManyToManyField(
+        Group,
+        related_name="notification_topics",
+        blank=True,
+        verbose_name="subscribed groups",
+        help_text="Every member of these groups follows the topic.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "topic"], name="notifications_sub_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.topic}"
+
+
+class Event(models.Model):
+    """One notification, stored once. Its id is the stream position clients resume from."""
+
+    id = models.BigAutoField(primary_key=True)
+    title = models.CharField(max_length=TITLE_MAX_LENGTH)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=500, blank=True)
+    level = models.CharField(max_length=10, choices=Level.choices, default=Level.INFO)
+    topic = models.ForeignKey(
+        Topic, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    data = models.JSONField(default=dict, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # Audience. An event reaches the union of these parts.
+    reach = models.CharField(max_length=16, choices=Reach.choices, default=Reach.TARGETED)
+    groups = models.ManyToManyField(Group, blank=True, related_name="+")
+    to_topic = models.BooleanField(
+        default=False, help_text="Sent to the subscribers of `topic`, not only labelled with it."
+    )
+    recipient_count = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["reach", "id"], name="notifications_event_reach"),
+            models.Index(fields=["to_topic", "topic"], name="notifications_event_topic"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.title}"
+
+
+class Recipient(models.Model):
+    """An event sent to a named user (not needed for groups, topics and broad reach)."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="recipients")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "event"], name="notifications_rcpt_unique")
+        ]
+
+
+class ReadMark(models.Model):
+    """One event read by one user, above that user's ``read_through`` watermark."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="read_marks")
+    read_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "event"], name="notifications_read_unique")
+        ]
+
+
+class InboxState(models.Model):
+    """Per-user read watermark: every event with ``id <= read_through`` counts as read."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="notification_inbox",
+    )
+    read_through = models.BigIntegerField(default=0)
+    read_through_at = models.DateTimeField(null=True, blank=True)
+
+
+class Broadcast(models.Model):
+    """A push composed by staff in the admin. Sending it creates one :class:`Event`."""
+
+    class Audience(models.TextChoices):
+        EVERYONE = "everyone", "Everyone (anonymous visitors included)"
+        AUTHENTICATED = "authenticated", "All signed-in users"
+        STAFF = "staff", "Staff"
+        GROUPS = "groups", "Groups"
+        USERS = "users", "Users"
+        TOPIC = "topic", "Topic subscribers"
+
+    title = models.CharField(max_length=TITLE_MAX_LENGTH)
+    body = models.TextField(blank=True)
+    url = models.CharField("link", max_length=500, blank=True)
+    level = models.CharField(max_length=10, choices=Level.choices, default=Level.INFO)
+    audience = models.CharField(max_length=16, choices=Audience.choices, default=Audience.EVERYONE)
+    groups = models.ManyToManyField(Group, blank=True, related_name="+")
+    users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
+    topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sent_at = models.DateTimeField(null=True, blank=True)
+    sent_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    event = models.OneToOneField(
+        Event, null=True, blank=True, on_delete=models.SET_NULL, related_name="broadcast"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title

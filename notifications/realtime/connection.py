@@ -1,0 +1,106 @@
+"""One open socket as the hub sees it: who it is, what it follows, where it is in the stream."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..audiences import Membership
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_ids = itertools.count(1)
+
+
+class Connection:
+    """Stream state of one socket.
+
+    ``position``: every event id up to it is settled for this socket (sent, replayed, or
+    before the cursor the client resumed from); live events at or below it are dropped, which
+    keeps ids strictly increasing and shows nothing twice. While ``paused`` (a replay is being
+    read from the database), live frames wait in ``pending`` and go out after the replay.
+    """
+
+    __slots__ = (
+        "anon_topics",
+        "close",
+        "group_ids",
+        "id",
+        "ip",
+        "is_staff",
+        "last_sent",
+        "paused",
+        "pending",
+        "position",
+        "send",
+        "session_key",
+        "topic_ids",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        send: Send,
+        close: Callable[[int], Awaitable[None]],
+        membership: Membership,
+        session_key: str | None = None,
+        ip: str | None = None,
+    ) -> None:
+        self.id = f"c{next(_ids)}"
+        self.send = send
+        self.close = close
+        self.session_key = session_key
+        self.ip = ip
+        self.anon_topics: set[int] = set()
+        self.position = 0
+        self.last_sent = 0
+        self.paused = 0
+        # (event id or None for a control frame, encoded frame)
+        self.pending: list[tuple[int | None, str]] = []
+        self.apply(membership)
+
+    def apply(self, membership: Membership) -> None:
+        self.user_id = membership.user_id
+        self.is_staff = membership.is_staff
+        self.group_ids = membership.group_ids
+        self.topic_ids = membership.topic_ids
+
+    @property
+    def followed_topics(self) -> set[int]:
+        return set(self.topic_ids) | self.anon_topics
+
+    async def send_text(self, text: str) -> None:
+        await self.send({"type": "websocket.send", "text": text})
+
+    async def send_control(self, text: str) -> None:
+        """Send a frame that is not an event (``unread``), after any replay in progress."""
+        if self.paused:
+            self.pending.append((None, text))
+        else:
+            await self.send_text(text)
+
+    async def deliver(self, event_id: int, frame: str) -> None:
+        """Send a live event unless this socket has it already; queue it while paused."""
+        if event_id <= self.position:
+            return
+        if self.paused:
+            self.pending.append((event_id, frame))
+            return
+        self.position = self.last_sent = event_id
+        await self.send({"type": "websocket.send", "text": frame})
+
+    def pause(self) -> None:
+        self.paused += 1
+
+    async def resume(self) -> None:
+        """Flush live frames queued during a replay, in order, skipping what was replayed."""
+        while self.pending:
+            batch, self.pending = self.pending, []
+            for event_id, frame in batch:
+                if event_id is None:
+                    await self.send_text(frame)
+                elif event_id > self.position:
+                    self.position = self.last_sent = event_id
+                    await self.send_text(frame)
+        self.paused -= 1

@@ -1,0 +1,115 @@
+"""JSON frames of the WebSocket protocol (PROTOCOL.md): encoding and client-frame parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import Event
+
+PROTOCOL_VERSION = 1
+SUBPROTOCOL = "notifications.v1"
+SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return _dumps(frame)
+
+
+def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
+    return {
+        "type": "notification",
+        "id": event.id,
+        "title": event.title,
+        "body": event.body,
+        "url": event.url,
+        "level": event.level,
+        "topic": event.topic.slug if event.topic_id else None,
+        "data": event.data,
+        "created_at": event.created_at.isoformat(),
+        "read": read,
+        "replay": replay,
+    }
+
+
+def with_ref(frame: dict[str, Any], ref: str | int | None) -> dict[str, Any]:
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def error(code: str, message: str, ref: str | int | None = None) -> dict[str, Any]:
+    return with_ref({"type": "error", "code": code, "message": message}, ref)
+
+
+class FrameError(Exception):
+    """A client frame that cannot be used; becomes an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, ref: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+    def frame(self) -> dict[str, Any]:
+        return error(self.code, self.message, self.ref)
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    type: str
+    ref: str | int | None
+    body: dict[str, Any]
+
+    def cursor(self, key: str = "cursor", *, required: bool = True) -> int | None:
+        value = self.body.get(key)
+        if value is None and not required:
+            return None
+        if not _is_int(value) or value < 0:
+            raise FrameError("bad_request", f"'{key}' must be a non-negative integer", self.ref)
+        return value
+
+    def slug(self, key: str = "topic") -> str:
+        value = self.body.get(key)
+        if not isinstance(value, str) or not SLUG_RE.match(value):
+            raise FrameError("bad_request", f"'{key}' must be a topic slug", self.ref)
+        return value
+
+    def ids(self, key: str = "ids") -> list[int]:
+        value = self.body.get(key)
+        if (
+            not isinstance(value, list)
+            or not all(_is_int(item) for item in value)
+            or len(value) > 1000
+        ):
+            raise FrameError(
+                "bad_request", f"'{key}' must be a list of at most 1000 integers", self.ref
+            )
+        return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse(text: str) -> ClientFrame:
+    """Validate one client text frame; raise :class:`FrameError` with the protocol's code."""
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        raise FrameError("bad_json", "the frame is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise FrameError("bad_frame", "a frame must be a JSON object")
+    ref = body.get("ref")
+    if ref is not None and not (isinstance(ref, str) or _is_int(ref)):
+        raise FrameError("bad_request", "'ref' must be a string or an integer")
+    if isinstance(ref, str) and len(ref) > 200:
+        raise FrameError("bad_request", "'ref' is longer than 200 characters")
+    kind = body.get("type")
+    if not isinstance(kind, str):
+        raise FrameError("bad_request", "'type' must be a string", ref)
+    return ClientFrame(type=kind, ref=ref, body=body)

@@ -1,0 +1,423 @@
+"""The per-process fan-out hub.
+
+Each server process runs one hub. It holds one channel-layer channel (in ``HUB_GROUP``), so
+an event costs one layer message per process, and writes the event's pre-encoded frame to
+each local socket whose audience matches, using in-memory indexes (by user, group, topic).
+
+It also owns stream order. ``horizon`` is the highest event id such that every committed
+event up to it has been fanned out here. Events are fanned out strictly in id order: one that
+arrives early waits in ``_buffer`` until the ids below it are settled, either by their own
+layer messages or by asking the database (ids commit in order, see services._lock_stream, so
+once id N is committed every lower id is committed or gone for good). A poll of the database
+every ``POLL_INTERVAL`` picks up events the layer never brought: sent by another process with
+no shared layer (``manage.py notify`` under the in-memory layer) or dropped by the layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from .. import selectors
+from ..audiences import membership_of
+from ..conf import notifications_settings
+from ..models import Reach, Recipient
+from . import frames, messages
+from .connection import Connection
+
+logger = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008
+
+
+def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> list[dict]:
+    """Layer-shaped messages for committed events read from the database."""
+    events = selectors.committed_events(after=after, upto=upto, limit=limit)
+    recipients: dict[int, list[int]] = defaultdict(list)
+    for event_id, user_id in Recipient.objects.filter(
+        event_id__in=[event.id for event in events]
+    ).values_list("event_id", "user_id"):
+        recipients[event_id].append(user_id)
+    return [
+        messages.event(
+            event_id=event.id,
+            frame=frames.encode(frames.notification(event, read=False, replay=False)),
+            reach=event.reach,
+            users=recipients.get(event.id, []),
+            groups=[group.pk for group in event.groups.all()],
+            topic_id=event.topic_id if event.to_topic else None,
+        )
+        for event in events
+    ]
+
+
+def _local_recipients(event_id: int, user_ids: list[int]) -> set[int]:
+    return set(
+        Recipient.objects.filter(event_id=event_id, user_id__in=user_ids).values_list(
+            "user_id", flat=True
+        )
+    )
+
+
+def _invalid_sessions(pairs: list[tuple[str | None, int]]) -> set[tuple[str | None, int]]:
+    """Which (session key, user id) pairs no longer authenticate an active user."""
+    from importlib import import_module
+
+    active = set(
+        get_user_model()
+        ._default_manager.filter(pk__in={uid for _, uid in pairs}, is_active=True)
+        .values_list("pk", flat=True)
+    )
+    keys = {key for key, _ in pairs if key}
+    engine = settings.SESSION_ENGINE
+    if engine in ("django.contrib.sessions.backends.db", "django.contrib.sessions.backends.cached_db"):
+        from django.contrib.sessions.models import Session
+
+        live = set(
+            Session.objects.filter(session_key__in=keys, expire_date__gt=timezone.now()).values_list(
+                "session_key", flat=True
+            )
+        )
+    else:
+        store = import_module(engine).SessionStore
+        live = {key for key in keys if store().exists(key)}
+    return {(key, uid) for key, uid in pairs if uid not in active or (key and key not in live)}
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.horizon = 0
+        self.connections: set[Connection] = set()
+        self.authenticated: set[Connection] = set()
+        self.staff: set[Connection] = set()
+        self.by_user: dict[int, set[Connection]] = defaultdict(set)
+        self.by_group: dict[int, set[Connection]] = defaultdict(set)
+        self.by_topic: dict[int, set[Connection]] = defaultdict(set)
+        self.by_ip: dict[str, int] = defaultdict(int)
+        self._buffer: dict[int, dict[str, Any]] = {}
+        self._lock = asyncio.Lock()
+        self._gap_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._ready: asyncio.Task | None = None
+        self._layer = get_channel_layer(notifications_settings.CHANNEL_LAYER)
+        self._channel: str | None = None
+
+    # Life cycle -----------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Start on first use; concurrent callers share one start."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._ready)
+
+    async def _start(self) -> None:
+        self.horizon = await database_sync_to_async(selectors.stream_cursor)()
+        if self._layer is not None:
+            self._channel = await self._layer.new_channel("notifications.hub.")
+            await self._join_group()
+            self._tasks.append(asyncio.ensure_future(self._listen()))
+        self._tasks.append(asyncio.ensure_future(self._poll_forever()))
+        self._tasks.append(asyncio.ensure_future(self._check_sessions_forever()))
+        logger.info("hub started at cursor %s", self.horizon)
+
+    async def _join_group(self) -> None:
+        if self._layer is not None and self._channel is not None:
+            await self._layer.group_add(messages.HUB_GROUP, self._channel)
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, self._gap_task]:
+            if task is not None:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._layer is not None and self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._layer.group_discard(messages.HUB_GROUP, self._channel)
+
+    # Connections ----------------------------------------------------------------------------
+
+    def admit(self, user_id: int | None, ip: str | None) -> str | None:
+        """Why a new socket must be refused (a connection cap), or None."""
+        per_user = notifications_settings.MAX_CONNECTIONS_PER_USER
+        if user_id is not None and per_user is not None and len(self.by_user.get(user_id, ())) >= per_user:
+            return f"more than {per_user} connections for this user"
+        per_ip = notifications_settings.MAX_CONNECTIONS_PER_IP
+        if ip and per_ip is not None and self.by_ip.get(ip, 0) >= per_ip:
+            return f"more than {per_ip} connections from {ip}"
+        return None
+
+    def attach(self, conn: Connection) -> int:
+        """Index a socket and return the cursor it starts from (the current horizon)."""
+        self.connections.add(conn)
+        self._index(conn)
+        if conn.ip:
+            self.by_ip[conn.ip] += 1
+        conn.position = self.horizon
+        return self.horizon
+
+    def detach(self, conn: Connection) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        self._unindex(conn)
+        if conn.ip:
+            self.by_ip[conn.ip] -= 1
+            if self.by_ip[conn.ip] <= 0:
+                del self.by_ip[conn.ip]
+
+    def follow(self, conn: Connection, topic_id: int, *, stored: bool) -> None:
+        if stored:
+            conn.topic_ids = conn.topic_ids | {topic_id}
+        else:
+            conn.anon_topics.add(topic_id)
+        self.by_topic[topic_id].add(conn)
+
+    def unfollow(self, conn: Connection, topic_id: int) -> None:
+        conn.anon_topics.discard(topic_id)
+        conn.topic_ids = conn.topic_ids - {topic_id}
+        if topic_id not in conn.followed_topics:
+            _discard(self.by_topic, topic_id, conn)
+
+    def _index(self, conn: Connection) -> None:
+        if conn.user_id is not None:
+            self.authenticated.add(conn)
+            self.by_user[conn.user_id].add(conn)
+            if conn.is_staff:
+                self.staff.add(conn)
+        for group_id in conn.group_ids:
+            self.by_group[group_id].add(conn)
+        for topic_id in conn.followed_topics:
+            self.by_topic[topic_id].add(conn)
+
+    def _unindex(self, conn: Connection) -> None:
+        self.authenticated.discard(conn)
+        self.staff.discard(conn)
+        if conn.user_id is not None:
+            _discard(self.by_user, conn.user_id, conn)
+        for group_id in conn.group_ids:
+            _discard(self.by_group, group_id, conn)
+        for topic_id in conn.followed_topics:
+            _discard(self.by_topic, topic_id, conn)
+
+    # Incoming layer messages ------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        assert self._layer is not None and self._channel is not None
+        while True:
+            try:
+                message = await self._layer.receive(self._channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A layer outage (Redis restart): the poll keeps delivering from the
+                # database meanwhile; rejoin the group, which the restart may have lost.
+                logger.exception("channel layer receive failed; retrying in 1 s")
+                await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    await self._join_group()
+                continue
+            try:
+                await self.dispatch(message)
+            except Exception:
+                logger.exception("hub failed to handle %s", message.get("type"))
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == messages.EVENT:
+            async with self._lock:
+                await self._accept([message])
+        elif kind == messages.UNREAD:
+            await self._send_unread(message["user"], message["count"], message.get("exclude"))
+        elif kind == messages.MEMBERSHIP:
+            await self._reload_members(message["users"])
+        elif kind == messages.SESSION_ENDED:
+            await self._close_sessions(set(message["sessions"]))
+
+    # Ordered fan-out ---------------------------------------------------------------------------
+
+    async def _accept(self, event_messages: Iterable[dict[str, Any]]) -> None:
+        """Buffer events (any order) and fan out every one that is next in line. Hold _lock."""
+        for message in event_messages:
+            if message["id"] > self.horizon:
+                self._buffer.setdefault(message["id"], message)
+        while self.horizon + 1 in self._buffer:
+            message = self._buffer.pop(self.horizon + 1)
+            self.horizon = message["id"]
+            await self._fan_out(message)
+        if self._buffer and (self._gap_task is None or self._gap_task.done()):
+            self._gap_task = asyncio.ensure_future(self._settle_gap())
+
+    async def _settle(self, rows: list[dict[str, Any]], top: int) -> None:
+        """Every committed id up to ``top`` is known (in ``rows`` or the buffer): fan out in
+        order, skip ids that never committed. Hold _lock."""
+        for message in rows:
+            if message["id"] > self.horizon:
+                self._buffer.setdefault(message["id"], message)
+        for event_id in sorted(i for i in self._buffer if i <= top):
+            message = self._buffer.pop(event_id)
+            if event_id > self.horizon:
+                self.horizon = event_id
+                await self._fan_out(message)
+        self.horizon = max(self.horizon, top)
+        await self._accept(())
+
+    async def _settle_gap(self) -> None:
+        await asyncio.sleep(notifications_settings.GAP_WAIT)
+        self._gap_task = None  # from here on a new gap may schedule its own settle
+        if not self._buffer:
+            return
+        after, top = self.horizon, max(self._buffer)
+        rows = await database_sync_to_async(_load_event_messages)(after=after, upto=top)
+        async with self._lock:
+            await self._settle(rows, top)
+
+    async def poll(self) -> None:
+        """Read committed events above the horizon from the database and fan them out."""
+        after = self.horizon
+        rows = await database_sync_to_async(_load_event_messages)(after=after, upto=None)
+        if rows:
+            async with self._lock:
+                await self._settle(rows, rows[-1]["id"])
+
+    async def _poll_forever(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(notifications_settings.POLL_INTERVAL)
+            try:
+                await self.poll()
+                ticks += 1
+                if ticks % 30 == 0:  # group membership expires in the layer; renew it
+                    await self._join_group()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("hub poll failed")
+
+    def _targets(self, message: dict[str, Any], local_users: set[int] | None) -> Iterable[Connection]:
+        reach = message["reach"]
+        if reach == Reach.EVERYONE:
+            return list(self.connections)
+        parts: list[set[Connection]] = []
+        if reach == Reach.AUTHENTICATED:
+            parts.append(self.authenticated)
+        elif reach == Reach.STAFF:
+            parts.append(self.staff)
+        users = message["users"] if local_users is None else local_users
+        for user_id in users:
+            if user_id in self.by_user:
+                parts.append(self.by_user[user_id])
+        for group_id in message["groups"]:
+            if group_id in self.by_group:
+                parts.append(self.by_group[group_id])
+        topic_id = message["topic"]
+        if topic_id is not None and topic_id in self.by_topic:
+            parts.append(self.by_topic[topic_id])
+        if len(parts) == 1:
+            return list(parts[0])
+        return set().union(*parts)
+
+    async def _fan_out(self, message: dict[str, Any]) -> None:
+        local_users = None
+        if message["users"] is None and self.by_user:
+            local_users = await database_sync_to_async(_local_recipients)(
+                message["id"], list(self.by_user)
+            )
+        event_id, frame = message["id"], message["frame"]
+        for conn in self._targets(message, local_users if message["users"] is None else None):
+            try:
+                await conn.deliver(event_id, frame)
+            except Exception:
+                logger.exception("delivery to %s failed", conn.id)
+
+    # Control messages -------------------------------------------------------------------------
+
+    async def _send_unread(self, user_id: int, count: int, exclude: str | None) -> None:
+        frame = frames.encode({"type": "unread", "count": count})
+        for conn in list(self.by_user.get(user_id, ())):
+            if conn.id != exclude:
+                await conn.send_control(frame)
+
+    async def _reload_members(self, user_ids: list[int]) -> None:
+        local = [uid for uid in user_ids if uid in self.by_user]
+        if not local:
+            return
+        users = await database_sync_to_async(
+            lambda: {u.pk: membership_of(u) for u in get_user_model()._default_manager.filter(pk__in=local)}
+        )()
+        for user_id in local:
+            for conn in list(self.by_user.get(user_id, ())):
+                membership = users.get(user_id)
+                if membership is None:
+                    await conn.close(CLOSE_POLICY)
+                    continue
+                self._unindex(conn)
+                conn.apply(membership)
+                self._index(conn)
+
+    async def _close_sessions(self, session_keys: set[str]) -> None:
+        for conn in [c for c in self.authenticated if c.session_key in session_keys]:
+            await conn.close(CLOSE_POLICY)
+
+    async def check_sessions(self) -> None:
+        """Close sockets whose session ended or whose user was deactivated (1008)."""
+        conns = list(self.authenticated)
+        if not conns:
+            return
+        pairs = list({(conn.session_key, conn.user_id) for conn in conns})
+        invalid = await database_sync_to_async(_invalid_sessions)(pairs)
+        for conn in conns:
+            if (conn.session_key, conn.user_id) in invalid:
+                logger.info("closing %s: session ended or user inactive", conn.id)
+                await conn.close(CLOSE_POLICY)
+
+    async def _check_sessions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(notifications_settings.SESSION_CHECK_INTERVAL)
+            try:
+                await self.check_sessions()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("session check failed")
+
+
+def _discard(index: dict[int, set[Connection]], key: int, conn: Connection) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(conn)
+        if not members:
+            del index[key]
+
+
+_hub: Hub | None = None
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop (one per server process)."""
+    global _hub
+    loop = asyncio.get_running_loop()
+    if _hub is None or _hub.loop is not loop:
+        _hub = Hub()
+    return _hub
+
+
+async def reset_hub() -> None:
+    """Stop and forget the current hub (tests)."""
+    global _hub
+    if _hub is not None:
+        hub, _hub = _hub, None
+        if hub.loop is asyncio.get_running_loop():
+            await hub.stop()

@@ -1,0 +1,101 @@
+"""Reads: the inbox, unread counts, the stream cursor and replay. Blocking ORM calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.paginator import Page, Paginator
+from django.db.models import BooleanField, Exists, ExpressionWrapper, Max, OuterRef, Q, QuerySet
+
+from .audiences import visible_to
+from .models import Event, InboxState, ReadMark
+
+AnyUser = AbstractBaseUser | AnonymousUser
+
+
+def stream_cursor() -> int:
+    """The newest committed event id (0 when there is none): where a fresh page starts."""
+    return Event.objects.aggregate(top=Max("id"))["top"] or 0
+
+
+def read_through(user: AnyUser) -> int:
+    if not user.is_authenticated:
+        return 0
+    state = InboxState.objects.filter(user=user).values_list("read_through", flat=True).first()
+    return state or 0
+
+
+def _with_read_flag(events: QuerySet, user: AnyUser) -> QuerySet:
+    if not user.is_authenticated:
+        return events.annotate(is_read=ExpressionWrapper(Q(pk__in=[]), BooleanField()))
+    watermark = read_through(user)
+    return events.annotate(
+        is_read=ExpressionWrapper(
+            Q(id__lte=watermark)
+            | Exists(ReadMark.objects.filter(user=user, event=OuterRef("pk"))),
+            output_field=BooleanField(),
+        )
+    )
+
+
+def visible_events(user: AnyUser, *, extra_topic_ids: Iterable[int] = ()) -> QuerySet:
+    """Events ``user`` may see, newest first."""
+    return Event.objects.filter(visible_to(user, extra_topic_ids=extra_topic_ids)).select_related(
+        "topic"
+    )
+
+
+def unread_count(user: AnyUser, *, upto: int | None = None) -> int | None:
+    """Unread events of a signed-in user (None for anonymous), optionally up to an id."""
+    if not user.is_authenticated:
+        return None
+    events = Event.objects.filter(visible_to(user), id__gt=read_through(user))
+    if upto is not None:
+        events = events.filter(id__lte=upto)
+    return events.exclude(Exists(ReadMark.objects.filter(user=user, event=OuterRef("pk")))).count()
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    page: Page
+    unread: int | None
+
+
+def inbox_page(user: AnyUser, *, page: int | str = 1, per_page: int = 20) -> InboxPage:
+    """One page of a user's inbox, newest first, each event annotated with ``is_read``."""
+    events = _with_read_flag(visible_events(user), user).order_by("-id")
+    paginator = Paginator(events, per_page)
+    return InboxPage(page=paginator.get_page(page), unread=unread_count(user))
+
+
+def replay(
+    user: AnyUser,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    extra_topic_ids: Iterable[int] = (),
+    topic_id: int | None = None,
+) -> list[Event]:
+    """Events with ``after < id <= upto`` that ``user`` may see, oldest first, at most ``limit``.
+
+    With ``topic_id``, only that topic's events. Each event carries ``is_read``.
+    """
+    events = visible_events(user, extra_topic_ids=extra_topic_ids).filter(
+        id__gt=after, id__lte=upto
+    )
+    if topic_id is not None:
+        events = events.filter(to_topic=True, topic_id=topic_id)
+    return list(_with_read_flag(events, user).order_by("id")[:limit])
+
+
+def committed_events(*, after: int, upto: int | None = None, limit: int = 500) -> list[Event]:
+    """Committed events above ``after`` in id order, with what the hub needs to fan them out."""
+    events = Event.objects.filter(id__gt=after)
+    if upto is not None:
+        events = events.filter(id__lte=upto)
+    return list(
+        events.select_related("topic").prefetch_related("groups").order_by("id")[:limit]
+    )

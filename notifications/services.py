@@ -1,0 +1,362 @@
+"""Writes: notify, mark read, subscribe, send a broadcast.
+
+This is the only module that publishes to the realtime path, and it always does so through
+``transaction.on_commit``: a rolled-back transaction publishes nothing. ``grep on_commit`` finds
+every place that sends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import signals
+from .audiences import Audience, resolve, users_of, visible_to
+from .conf import notifications_settings
+from .models import (
+    TITLE_MAX_LENGTH,
+    Broadcast,
+    Event,
+    InboxState,
+    Level,
+    Reach,
+    Recipient,
+    ReadMark,
+    Subscription,
+    Topic,
+)
+from .realtime import frames, messages
+from .realtime.publish import publish_raw
+from .selectors import stream_cursor, unread_count
+
+logger = logging.getLogger(__name__)
+
+# Key of the PostgreSQL advisory lock that orders event commits (see _lock_stream).
+_STREAM_LOCK_KEY = 0x6E6F7469  # "noti"
+
+
+def _lock_stream() -> None:
+    """Make event ids commit in the order they are taken.
+
+    Clients resume from the highest id they received, so an id must never become visible
+    after a higher one (it would be skipped). SQLite already serialises writers; on
+    PostgreSQL a transaction-scoped advisory lock does the same for event inserts only, and
+    is released at commit or rollback. The cost: a transaction that calls notify() holds
+    up other notify() calls until it ends, so keep such transactions short.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_STREAM_LOCK_KEY])
+
+
+def _on_commit(message: dict[str, Any]) -> None:
+    transaction.on_commit(partial(publish_raw, message), robust=True)
+
+
+def _validate_url(url: str) -> str:
+    if not isinstance(url, str):
+        raise ValueError("url must be a string")
+    if len(url) > 500:
+        raise ValueError("url is longer than 500 characters")
+    scheme = urlsplit(url).scheme.lower()
+    if url and scheme not in ("", "http", "https"):
+        # javascript: and data: links would run script when the toast is clicked.
+        raise ValueError(f"url must be relative or http(s), not {scheme}:")
+    return url
+
+
+def _validate(title: Any, body: Any, level: Any, data: Any) -> dict[str, Any]:
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("title is required and must be a non-empty string")
+    if len(title) > TITLE_MAX_LENGTH:
+        raise ValueError(f"title is longer than {TITLE_MAX_LENGTH} characters")
+    if not isinstance(body, str):
+        raise ValueError("body must be a string")
+    if level not in Level.values:
+        raise ValueError(f"level must be one of {', '.join(Level.values)}; got {level!r}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError("data must be a dict")
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"data must be JSON-serialisable: {exc}") from None
+    return data
+
+
+def _label_topic(topic: Topic | str | None, audience: Audience) -> Topic | None:
+    if topic is None:
+        return audience.topic
+    label = Audience(topic=topic).topic
+    if audience.topic is not None and label != audience.topic:
+        raise ValueError("topic= differs from the topic given as recipients")
+    return label
+
+
+def _check_users_exist(user_ids: Iterable[int]) -> None:
+    ids = set(user_ids)
+    found = set(get_user_model()._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
+    missing = ids - found
+    if missing:
+        raise ValueError(f"no user with id {', '.join(map(str, sorted(missing)))}")
+
+
+def notify(
+    recipients: Any,
+    title: str,
+    *,
+    body: str = "",
+    url: str = "",
+    level: str = "info",
+    topic: Topic | str | None = None,
+    data: dict[str, Any] | None = None,
+    actor: AbstractBaseUser | None = None,
+    idempotency_key: str | None = None,
+) -> Event:
+    """Store a notification for ``recipients`` and publish it when the transaction commits.
+
+    ``recipients``: a user, an iterable or QuerySet of users, a Group, a Topic or its slug,
+    ``"everyone"`` (anonymous visitors included) or an :class:`~notifications.Audience`.
+    Returns the stored event (``id``, ``recipient_count``). The same ``idempotency_key``
+    within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. Raises
+    ``ValueError`` for bad arguments; nothing is stored then.
+    """
+    audience = resolve(recipients)
+    data = _validate(title, body, level, data)
+    url = _validate_url(url)
+    label = _label_topic(topic, audience)
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+    ):
+        raise ValueError("idempotency_key must be a string of 1 to 200 characters")
+    if audience.users:
+        _check_users_exist(audience.users)
+
+    with transaction.atomic():
+        _lock_stream()
+        if idempotency_key is not None:
+            previous = Event.objects.filter(idempotency_key=idempotency_key).first()
+            window = timedelta(seconds=notifications_settings.IDEMPOTENCY_WINDOW)
+            if previous is not None and previous.created_at >= timezone.now() - window:
+                return previous
+            if previous is not None:  # expired: the key may be used again
+                Event.objects.filter(pk=previous.pk).update(idempotency_key=None)
+        event = Event.objects.create(
+            title=title,
+            body=body,
+            url=url,
+            level=level,
+            topic=label,
+            data=data,
+            actor=actor,
+            reach=audience.reach,
+            to_topic=audience.topic is not None,
+            recipient_count=users_of(audience).count(),
+            idempotency_key=idempotency_key,
+        )
+        if audience.groups:
+            event.groups.set(audience.groups)
+        if audience.users:
+            Recipient.objects.bulk_create(
+                [Recipient(event=event, user_id=user_id) for user_id in audience.users],
+                batch_size=1000,
+            )
+        _on_commit(
+            messages.event(
+                event_id=event.id,
+                frame=frames.encode(frames.notification(event, read=False, replay=False)),
+                reach=audience.reach,
+                users=audience.users,
+                groups=audience.groups,
+                topic_id=label.pk if audience.topic is not None and label else None,
+            )
+        )
+        transaction.on_commit(
+            partial(signals.notification_sent.send, sender=Event, event=event), robust=True
+        )
+    return event
+
+
+async def anotify(recipients: Any, title: str, **kwargs: Any) -> Event:
+    """:func:`notify` for async code; the same arguments, guarantees and errors."""
+    return await sync_to_async(notify)(recipients, title, **kwargs)
+
+
+def _publish_unread(user: AbstractBaseUser, count: int, *, exclude: str | None) -> None:
+    _on_commit(messages.unread(user_id=user.pk, count=count, exclude=exclude))
+
+
+def mark_read(user: AbstractBaseUser, ids: Iterable[int], *, origin: str | None = None) -> int:
+    """Mark those of ``ids`` that ``user`` may see as read; return the new unread count.
+
+    Ids of events that are not the user's are ignored. Every other connection of the user
+    gets an ``unread`` frame (``origin`` names the connection that asked, which answers itself).
+    """
+    if not user.is_authenticated:
+        raise PermissionError("anonymous visitors have no inbox")
+    ids = list(ids)
+    with transaction.atomic():
+        state = InboxState.objects.filter(user=user).first()
+        watermark = state.read_through if state else 0
+        readable = Event.objects.filter(visible_to(user), id__in=ids, id__gt=watermark)
+        marks = [ReadMark(user=user, event_id=pk) for pk in readable.values_list("pk", flat=True)]
+        created = ReadMark.objects.bulk_create(marks, ignore_conflicts=True)
+        count = unread_count(user)
+        _publish_unread(user, count, exclude=origin)
+        if created:
+            event_ids = [mark.event_id for mark in marks]
+            transaction.on_commit(
+                partial(signals.notification_read.send, sender=Event, user=user, ids=event_ids),
+                robust=True,
+            )
+    return count
+
+
+def mark_all_read(user: AbstractBaseUser, *, origin: str | None = None) -> int:
+    """Mark everything the user can see now as read; return the new unread count (0)."""
+    if not user.is_authenticated:
+        raise PermissionError("anonymous visitors have no inbox")
+    with transaction.atomic():
+        top = stream_cursor()
+        InboxState.objects.update_or_create(
+            user=user, defaults={"read_through": top, "read_through_at": timezone.now()}
+        )
+        ReadMark.objects.filter(user=user, event_id__lte=top).delete()
+        count = unread_count(user)
+        _publish_unread(user, count, exclude=origin)
+        transaction.on_commit(
+            partial(signals.notification_read.send, sender=Event, user=user, ids=None),
+            robust=True,
+        )
+    return count
+
+
+class TopicError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def may_follow(user: AbstractBaseUser | AnonymousUser, topic: Topic) -> bool:
+    if topic.is_public:
+        return True
+    if not user.is_authenticated:
+        return False
+    return (
+        user.is_staff
+        or Subscription.objects.filter(user=user, topic=topic).exists()
+        or topic.groups.filter(user=user).exists()
+    )
+
+
+def find_topic(user: AbstractBaseUser | AnonymousUser, slug: str) -> Topic:
+    """The topic ``user`` may follow, or :class:`TopicError` (``not_found``/``forbidden``)."""
+    topic = Topic.objects.filter(slug=slug).first()
+    if topic is None:
+        raise TopicError("not_found", f"no topic {slug!r}")
+    if not may_follow(user, topic):
+        raise TopicError("forbidden", f"topic {slug!r} is private")
+    return topic
+
+
+def subscribe(user: AbstractBaseUser | AnonymousUser, slug: str) -> Topic:
+    """Follow a topic. Stored for a signed-in user; the caller keeps it for anonymous ones."""
+    topic = find_topic(user, slug)
+    if user.is_authenticated:
+        Subscription.objects.get_or_create(user=user, topic=topic)
+    return topic
+
+
+def unsubscribe(user: AbstractBaseUser | AnonymousUser, slug: str) -> Topic:
+    """Stop following a topic; idempotent. Group subscriptions set by staff stay."""
+    topic = Topic.objects.filter(slug=slug).first()
+    if topic is None:
+        raise TopicError("not_found", f"no topic {slug!r}")
+    if user.is_authenticated:
+        Subscription.objects.filter(user=user, topic=topic).delete()
+    return topic
+
+
+def membership_changed(user_ids: Iterable[int]) -> None:
+    """Tell every server process to reload these users' groups, topics and staff flag."""
+    ids = sorted(set(user_ids))
+    if ids:
+        _on_commit(messages.membership(user_ids=ids))
+
+
+def end_sessions(session_keys: Iterable[str]) -> None:
+    """Close sockets authenticated by these sessions (logout) on every server process."""
+    keys = sorted(set(session_keys))
+    if keys:
+        _on_commit(messages.session_ended(session_keys=keys))
+
+
+BROADCAST_REACH = {
+    Broadcast.Audience.EVERYONE: Reach.EVERYONE,
+    Broadcast.Audience.AUTHENTICATED: Reach.AUTHENTICATED,
+    Broadcast.Audience.STAFF: Reach.STAFF,
+}
+
+
+def broadcast_audience(broadcast: Broadcast) -> Audience:
+    """The :class:`Audience` a staff broadcast targets; ``ValueError`` if it names nobody."""
+    kind = broadcast.audience
+    if kind in BROADCAST_REACH:
+        return Audience(reach=BROADCAST_REACH[kind])
+    if kind == Broadcast.Audience.GROUPS:
+        audience = Audience(groups=broadcast.groups.all())
+    elif kind == Broadcast.Audience.USERS:
+        audience = Audience(users=broadcast.users.all())
+    elif kind == Broadcast.Audience.TOPIC:
+        if broadcast.topic is None:
+            raise ValueError("choose a topic")
+        audience = Audience(topic=broadcast.topic)
+    else:
+        raise ValueError(f"unknown audience {kind!r}")
+    if audience.is_empty:
+        raise ValueError(f"choose at least one of the {kind}")
+    return audience
+
+
+def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Event:
+    """Send a staff broadcast once; ``ValueError`` if it was already sent or names nobody."""
+    with transaction.atomic():
+        locked = Broadcast.objects.select_for_update().get(pk=broadcast.pk)
+        if locked.sent_at is not None:
+            raise ValueError("this broadcast was already sent")
+        event = notify(
+            broadcast_audience(locked),
+            locked.title,
+            body=locked.body,
+            url=locked.url,
+            level=locked.level,
+            actor=by,
+        )
+        Broadcast.objects.filter(pk=locked.pk).update(sent_at=timezone.now(), sent_by=by, event=event)
+    broadcast.refresh_from_db()
+    return event
+
+
+def users_with_groups(group_ids: Iterable[int]) -> list[int]:
+    ids = list(group_ids)
+    if not ids:
+        return []
+    return list(
+        get_user_model()
+        ._default_manager.filter(Q(groups__in=ids))
+        .values_list("pk", flat=True)
+        .distinct()
+    )

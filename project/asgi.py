@@ -1,0 +1,16 @@
+"""ASGI entry point: Django for HTTP, the notifications consumer for WebSocket."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+# Set up Django (apps, settings) before importing anything that touches models.
+django_http = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from notifications.realtime.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_http, "websocket": websocket_application})
