@@ -100,8 +100,10 @@ def resolve(recipients: Any) -> Audience:
     if isinstance(recipients, Audience):
         audience = recipients
     elif isinstance(recipients, str):
-        audience = Audience(reach=Reach.EVERYONE) if recipients == EVERYONE else (
-            Audience(topic=recipients)
+        audience = (
+            Audience(reach=Reach.EVERYONE)
+            if recipients == EVERYONE
+            else (Audience(topic=recipients))
         )
     elif isinstance(recipients, user_model):
         audience = Audience(users=[recipients])
@@ -181,9 +183,7 @@ def membership_of(user: AbstractBaseUser | AnonymousUser) -> Membership:
     )
 
 
-def visible_to(
-    user: AbstractBaseUser | AnonymousUser, *, extra_topic_ids: Iterable[int] = ()
-) -> Q:
+def visible_to(user: AbstractBaseUser | AnonymousUser, *, extra_topic_ids: Iterable[int] = ()) -> Q:
     """A filter on :class:`Event` for the events ``user`` may see.
 
     ``extra_topic_ids`` are topics followed for the duration of one connection (anonymous
@@ -204,9 +204,7 @@ def visible_to(
     if extra:
         q |= Q(to_topic=True, topic_id__in=extra)
     q |= Exists(Recipient.objects.filter(event=OuterRef("pk"), user=user))
-    q |= Exists(
-        Event.groups.through.objects.filter(event=OuterRef("pk"), group__user=user)
-    )
+    q |= Exists(Event.groups.through.objects.filter(event=OuterRef("pk"), group__user=user))
     q |= Q(to_topic=True) & (
         Exists(Subscription.objects.filter(topic=OuterRef("topic"), user=user))
         | Exists(Topic.groups.through.objects.filter(topic=OuterRef("topic"), group__user=user))

@@ -24,7 +24,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if alias not in layers:
         messages.append(
             checks.Error(
-                f"NOTIFICATIONS['CHANNEL_LAYER'] is {alias!r}, which CHANNEL_LAYERS does not define.",
+                f"NOTIFICATIONS['CHANNEL_LAYER'] is {alias!r}, which CHANNEL_LAYERS does not "
+                "define.",
                 hint="Define it in CHANNEL_LAYERS (channels_redis in production).",
                 id="notifications.E002",
             )

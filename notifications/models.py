@@ -130,14 +130,15 @@ class Recipient(models.Model):
     """An event sent to a named user (not needed for groups, topics and broad reach)."""
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="recipients")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["user", "event"], name="notifications_rcpt_unique")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → user {self.user_id}"
 
 
 class ReadMark(models.Model):
@@ -152,6 +153,9 @@ class ReadMark(models.Model):
             models.UniqueConstraint(fields=["user", "event"], name="notifications_read_unique")
         ]
 
+    def __str__(self) -> str:
+        return f"user {self.user_id} read {self.event_id}"
+
 
 class InboxState(models.Model):
     """Per-user read watermark: every event with ``id <= read_through`` counts as read."""
@@ -164,6 +168,9 @@ class InboxState(models.Model):
     )
     read_through = models.BigIntegerField(default=0)
     read_through_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} read through {self.read_through}"
 
 
 class Broadcast(models.Model):

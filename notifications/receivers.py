@@ -15,7 +15,7 @@ from django.contrib.auth.signals import user_logged_out
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
-from . import services
+from . import selectors, services
 from .models import Subscription, Topic
 
 User = get_user_model()
@@ -52,7 +52,7 @@ def _topic_groups_changed(
         groups = pk_set or getattr(instance, "_notifications_groups", [])
     else:
         groups = [instance.pk]
-    services.membership_changed(services.users_with_groups(groups))
+    services.membership_changed(selectors.users_in_groups(groups))
 
 
 @receiver(m2m_changed, sender=Subscription)
@@ -70,7 +70,9 @@ def _subscription_changed(sender: Any, instance: Subscription, **kwargs: Any) ->
 
 
 @receiver(post_save, sender=User)
-def _user_saved(sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any) -> None:
+def _user_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any
+) -> None:
     if created or (update_fields is not None and set(update_fields) <= {"last_login", "password"}):
         return
     services.membership_changed([instance.pk])

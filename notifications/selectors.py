@@ -33,8 +33,7 @@ def _with_read_flag(events: QuerySet, user: AnyUser) -> QuerySet:
     watermark = read_through(user)
     return events.annotate(
         is_read=ExpressionWrapper(
-            Q(id__lte=watermark)
-            | Exists(ReadMark.objects.filter(user=user, event=OuterRef("pk"))),
+            Q(id__lte=watermark) | Exists(ReadMark.objects.filter(user=user, event=OuterRef("pk"))),
             output_field=BooleanField(),
         )
     )
@@ -96,6 +95,46 @@ def committed_events(*, after: int, upto: int | None = None, limit: int = 500) -
     events = Event.objects.filter(id__gt=after)
     if upto is not None:
         events = events.filter(id__lte=upto)
-    return list(
-        events.select_related("topic").prefetch_related("groups").order_by("id")[:limit]
+    return list(events.select_related("topic").prefetch_related("groups").order_by("id")[:limit])
+
+
+@dataclass(frozen=True)
+class ReadStats:
+    recipients: int
+    read: int
+
+    @property
+    def percent(self) -> float:
+        return round(100 * self.read / self.recipients, 1) if self.recipients else 0.0
+
+
+def _readers_q(event: Event) -> Q:
+    return Q(notification_inbox__read_through__gte=event.id) | Q(
+        pk__in=ReadMark.objects.filter(event=event).values("user")
     )
+
+
+def read_stats(event: Event) -> ReadStats:
+    """How many users the event reaches now and how many of them have read it."""
+    from .audiences import audience_users
+
+    users = audience_users(event)
+    return ReadStats(recipients=users.count(), read=users.filter(_readers_q(event)).count())
+
+
+def unread_by(event: Event, *, limit: int = 100) -> list:
+    """Users the event reaches who have not read it (at most ``limit``)."""
+    from .audiences import audience_users
+
+    return list(audience_users(event).exclude(_readers_q(event)).order_by("pk")[:limit])
+
+
+def users_in_groups(group_ids: Iterable[int]) -> list[int]:
+    """Ids of users who belong to any of these groups."""
+    from django.contrib.auth import get_user_model
+
+    ids = list(group_ids)
+    if not ids:
+        return []
+    users = get_user_model()._default_manager.filter(groups__in=ids)
+    return list(users.values_list("pk", flat=True).distinct())

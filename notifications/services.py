@@ -19,7 +19,6 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from . import signals
@@ -32,8 +31,8 @@ from .models import (
     InboxState,
     Level,
     Reach,
-    Recipient,
     ReadMark,
+    Recipient,
     Subscription,
     Topic,
 )
@@ -345,18 +344,8 @@ def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Even
             level=locked.level,
             actor=by,
         )
-        Broadcast.objects.filter(pk=locked.pk).update(sent_at=timezone.now(), sent_by=by, event=event)
+        Broadcast.objects.filter(pk=locked.pk).update(
+            sent_at=timezone.now(), sent_by=by, event=event
+        )
     broadcast.refresh_from_db()
     return event
-
-
-def users_with_groups(group_ids: Iterable[int]) -> list[int]:
-    ids = list(group_ids)
-    if not ids:
-        return []
-    return list(
-        get_user_model()
-        ._default_manager.filter(Q(groups__in=ids))
-        .values_list("pk", flat=True)
-        .distinct()
-    )

@@ -10,6 +10,8 @@ from notifications.realtime.hub import reset_hub
 
 from .support import Socket, require_service, session_cookie  # noqa: F401
 
+pytest_plugins = ["notifications.testing"]
+
 
 @pytest.fixture(autouse=True)
 async def _fresh_hub():
@@ -67,3 +69,25 @@ def connect():
             async_to_sync(socket.communicator.disconnect)()
         except Exception:
             pass
+
+
+def pytest_configure(config):
+    from django.conf import settings
+
+    # Hashing real passwords costs ~0.2 s a user; tests do not need it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup, django_db_blocker):
+    """Let the test database be dropped: end connections that worker threads left open."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

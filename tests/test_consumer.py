@@ -42,7 +42,12 @@ async def test_live_notification_frame_is_exact(connect, amake_user):
     topic = await db(Topic.objects.create)(name="Billing", slug="billing")
     sock = await connect(alice)
     event = await db(notify)(
-        alice, "Paid", body="Invoice 7", url="/invoices/7", level="success", topic=topic,
+        alice,
+        "Paid",
+        body="Invoice 7",
+        url="/invoices/7",
+        level="success",
+        topic=topic,
         data={"invoice": 7},
     )
     frame = await sock.expect("notification")
@@ -63,8 +68,12 @@ async def test_live_notification_frame_is_exact(connect, amake_user):
 
 @pytest.mark.parametrize(
     ("offered", "selected"),
-    [(["notifications.v1"], "notifications.v1"), (["x", "notifications.v1"], "notifications.v1"),
-     (None, None), (["chat"], None)],
+    [
+        (["notifications.v1"], "notifications.v1"),
+        (["x", "notifications.v1"], "notifications.v1"),
+        (None, None),
+        (["chat"], None),
+    ],
 )
 async def test_subprotocol_selection(offered, selected):
     sock = Socket(subprotocols=offered)
@@ -119,7 +128,12 @@ async def test_audiences(connect, amake_user):
     plain = await amake_user("plain")
     editors = await db(Group.objects.create)(name="editors")
     await db(member.groups.add)(editors)
-    s, m, p, anon = await connect(staff), await connect(member), await connect(plain), await connect()
+    s, m, p, anon = (
+        await connect(staff),
+        await connect(member),
+        await connect(plain),
+        await connect(),
+    )
 
     async def receivers(recipients):
         event = await db(notify)(recipients, "x")
@@ -153,7 +167,11 @@ async def test_topic_subscribers_and_unsubscribe(connect, amake_user):
     assert (await anon.expect("notification"))["topic"] == "news"
 
     await sock.send({"type": "unsubscribe", "topic": "news", "ref": "u"})
-    assert await sock.expect("unsubscribed") == {"type": "unsubscribed", "topic": "news", "ref": "u"}
+    assert await sock.expect("unsubscribed") == {
+        "type": "unsubscribed",
+        "topic": "news",
+        "ref": "u",
+    }
     await sock.send({"type": "unsubscribe", "topic": "news"})  # idempotent
     assert await sock.expect("unsubscribed") == {"type": "unsubscribed", "topic": "news"}
     await db(notify)("news", "second")
@@ -168,7 +186,10 @@ async def test_subscribe_errors(connect, amake_user):
     for s in (sock, anon):
         await s.send({"type": "subscribe", "topic": "secret", "ref": 5})
         assert await s.expect("error") == {
-            "type": "error", "code": "forbidden", "message": "topic 'secret' is private", "ref": 5,
+            "type": "error",
+            "code": "forbidden",
+            "message": "topic 'secret' is private",
+            "ref": 5,
         }
         await s.send({"type": "subscribe", "topic": "missing"})
         assert (await s.expect("error"))["code"] == "not_found"
@@ -265,7 +286,12 @@ async def test_resume_frame(connect, amake_user):
     sock = await connect(alice)
     await sock.send({"type": "resume", "cursor": event.id - 1, "ref": 9})
     assert (await sock.expect("notification"))["id"] == event.id
-    assert await sock.expect("replayed") == {"type": "replayed", "count": 1, "complete": True, "ref": 9}
+    assert await sock.expect("replayed") == {
+        "type": "replayed",
+        "count": 1,
+        "complete": True,
+        "ref": 9,
+    }
     # Ids on one connection strictly increase: resuming again sends nothing twice.
     await sock.send({"type": "resume", "cursor": 0})
     assert await sock.expect("replayed") == {"type": "replayed", "count": 0, "complete": True}
@@ -353,7 +379,10 @@ async def test_error_echoes_ref(connect):
     sock = await connect()
     await sock.send({"type": "explode", "ref": "x1"})
     assert await sock.expect("error") == {
-        "type": "error", "code": "unknown_type", "message": "unknown frame type 'explode'", "ref": "x1",
+        "type": "error",
+        "code": "unknown_type",
+        "message": "unknown frame type 'explode'",
+        "ref": "x1",
     }
 
 

@@ -93,7 +93,13 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             frames.SUBPROTOCOL if frames.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
         )
         await self.accept(subprotocol)
-        logger.info("ws.connect %s user=%s client=%s cursor=%s", self.conn.id, membership.user_id, ip, cursor)
+        logger.info(
+            "ws.connect %s user=%s client=%s cursor=%s",
+            self.conn.id,
+            membership.user_id,
+            ip,
+            cursor,
+        )
         try:
             unread = await database_sync_to_async(selectors.unread_count)(self.user, upto=start)
         except Exception:
@@ -150,7 +156,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             frame = frames.parse(text_data)
             handler = getattr(self, "on_" + frame.type, None) if frame.type in HANDLED else None
             if handler is None:
-                raise FrameError("unknown_type", f"unknown frame type {frame.type[:50]!r}", frame.ref)
+                raise FrameError(
+                    "unknown_type", f"unknown frame type {frame.type[:50]!r}", frame.ref
+                )
             await handler(frame)
         except FrameError as exc:
             await self.send_frame(exc.frame())
@@ -159,7 +167,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.exception("frame handling failed on %s", self.conn.id)
             await self.send_frame(
-                frames.error("internal_error", "the server could not handle this frame", frame.ref if frame else None)
+                frames.error(
+                    "internal_error",
+                    "the server could not handle this frame",
+                    frame.ref if frame else None,
+                )
             )
 
     async def _limited(self) -> bool:
@@ -216,7 +228,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def on_read(self, frame: ClientFrame) -> None:
         ids = frame.ids()
         self._require_user(frame)
-        count = await database_sync_to_async(services.mark_read)(self.user, ids, origin=self.conn.id)
+        count = await database_sync_to_async(services.mark_read)(
+            self.user, ids, origin=self.conn.id
+        )
         await self.send_frame(frames.with_ref({"type": "unread", "count": count}, frame.ref))
 
     async def on_read_all(self, frame: ClientFrame) -> None:
@@ -230,7 +244,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 
     # Replay ----------------------------------------------------------------------------------
 
-    async def _send_replay(self, *, after: int, upto: int, topic_id: int | None = None) -> tuple[int, bool]:
+    async def _send_replay(
+        self, *, after: int, upto: int, topic_id: int | None = None
+    ) -> tuple[int, bool]:
         """Send missed events (``after < id <= upto``) oldest first; return (count, complete).
 
         Ids at or below what this socket already sent are skipped: ids on one connection

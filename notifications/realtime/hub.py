@@ -80,13 +80,16 @@ def _invalid_sessions(pairs: list[tuple[str | None, int]]) -> set[tuple[str | No
     )
     keys = {key for key, _ in pairs if key}
     engine = settings.SESSION_ENGINE
-    if engine in ("django.contrib.sessions.backends.db", "django.contrib.sessions.backends.cached_db"):
+    if engine in (
+        "django.contrib.sessions.backends.db",
+        "django.contrib.sessions.backends.cached_db",
+    ):
         from django.contrib.sessions.models import Session
 
         live = set(
-            Session.objects.filter(session_key__in=keys, expire_date__gt=timezone.now()).values_list(
-                "session_key", flat=True
-            )
+            Session.objects.filter(
+                session_key__in=keys, expire_date__gt=timezone.now()
+            ).values_list("session_key", flat=True)
         )
     else:
         store = import_module(engine).SessionStore
@@ -152,7 +155,11 @@ class Hub:
     def admit(self, user_id: int | None, ip: str | None) -> str | None:
         """Why a new socket must be refused (a connection cap), or None."""
         per_user = notifications_settings.MAX_CONNECTIONS_PER_USER
-        if user_id is not None and per_user is not None and len(self.by_user.get(user_id, ())) >= per_user:
+        if (
+            user_id is not None
+            and per_user is not None
+            and len(self.by_user.get(user_id, ())) >= per_user
+        ):
             return f"more than {per_user} connections for this user"
         per_ip = notifications_settings.MAX_CONNECTIONS_PER_IP
         if ip and per_ip is not None and self.by_ip.get(ip, 0) >= per_ip:
@@ -306,7 +313,9 @@ class Hub:
             except Exception:
                 logger.exception("hub poll failed")
 
-    def _targets(self, message: dict[str, Any], local_users: set[int] | None) -> Iterable[Connection]:
+    def _targets(
+        self, message: dict[str, Any], local_users: set[int] | None
+    ) -> Iterable[Connection]:
         reach = message["reach"]
         if reach == Reach.EVERYONE:
             return list(self.connections)
@@ -355,7 +364,10 @@ class Hub:
         if not local:
             return
         users = await database_sync_to_async(
-            lambda: {u.pk: membership_of(u) for u in get_user_model()._default_manager.filter(pk__in=local)}
+            lambda: {
+                u.pk: membership_of(u)
+                for u in get_user_model()._default_manager.filter(pk__in=local)
+            }
         )()
         for user_id in local:
             for conn in list(self.by_user.get(user_id, ())):
