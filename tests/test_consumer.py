@@ -470,3 +470,39 @@ async def test_connection_cap_per_user(connect, amake_user):
         await connect(alice)
         with pytest.raises(AssertionError, match="refused"):
             await connect(alice)
+
+
+async def test_hello_unread_counts_up_to_a_cursor_ahead_of_the_hub(connect, amake_user):
+    """The page rendered events the hub has not fanned out yet: they are counted in hello
+    (the socket will not bring them live)."""
+    alice = await amake_user("alice")
+    with override_settings(NOTIFICATIONS={"CHANNEL_LAYER": "no-such-layer", "POLL_INTERVAL": 60}):
+        first = await connect(alice)  # starts the hub at cursor 0
+        event = await db(notify)(alice, "rendered in the page, not yet seen by the hub")
+        page_cursor = event.id
+        sock = await connect(alice, cursor=page_cursor)
+        assert sock.hello["cursor"] == 0
+        assert sock.hello["unread"] == 1
+        assert await sock.expect("replayed") == {"type": "replayed", "count": 0, "complete": True}
+        assert first.hello["unread"] == 0
+
+
+async def test_topics_named_on_connect_are_followed_before_the_replay(connect):
+    """An anonymous visitor's reconnect: ``?topic=`` makes the replay cover its topics."""
+    await db(Topic.objects.create)(name="News", slug="news")
+    await db(Topic.objects.create)(name="Secret", slug="secret", is_public=False)
+    seen = await db(notify)("everyone", "seen before the drop")
+    missed_topic = await db(notify)("news", "news while away")
+    missed_all = await db(notify)("everyone", "announcement while away")
+    sock = Socket(path="/ws/notifications/?topic=news&topic=secret&topic=nope", cursor=None)
+    sock.communicator.scope["query_string"] += f"&cursor={seen.id}".encode()
+    assert (await sock.communicator.connect(timeout=5))[0]
+    await sock.expect("hello")
+    assert (await sock.expect("error"))["code"] == "forbidden"
+    assert (await sock.expect("error"))["code"] == "not_found"
+    frames = await sock.notifications(2)
+    assert [f["id"] for f in frames] == [missed_topic.id, missed_all.id]
+    assert (await sock.expect("replayed"))["count"] == 2
+    live = await db(notify)("news", "live news")
+    assert (await sock.expect("notification"))["id"] == live.id
+    await sock.close()

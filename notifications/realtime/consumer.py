@@ -87,8 +87,14 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             ip=ip,
         )
         cursor, cursor_error = _query_cursor(self.scope)
+        query_errors = [cursor_error] if cursor_error else []
+        topics, topic_errors = await database_sync_to_async(_follow_from_query)(
+            self.user, self.scope
+        )
         self.conn.pause()  # live events wait until hello (and the replay) are out
         start = self.hub.attach(self.conn)
+        for topic_id in topics:
+            self.hub.follow(self.conn, topic_id, stored=self.user.is_authenticated)
         subprotocol = (
             frames.SUBPROTOCOL if frames.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
         )
@@ -101,7 +107,12 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             cursor,
         )
         try:
-            unread = await database_sync_to_async(selectors.unread_count)(self.user, upto=start)
+            # Count what this socket will not bring live: up to its start, or up to the
+            # client's cursor when that is ahead (events the page already rendered).
+            counted_to = max(start, cursor or 0)
+            unread = await database_sync_to_async(selectors.unread_count)(
+                self.user, upto=counted_to
+            )
         except Exception:
             logger.exception("unread count failed for %s", self.conn.id)
             unread = None
@@ -114,9 +125,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 "cursor": start,
             }
         )
-        if cursor_error:
-            await self.send_frame(frames.error("bad_request", cursor_error))
-        elif cursor is not None:
+        for code, message in [("bad_request", e) for e in query_errors] + topic_errors:
+            await self.send_frame(frames.error(code, message))
+        if cursor is not None:
             await self._replay(after=cursor, upto=start, ref=None)
         await self.conn.resume()
 
@@ -283,9 +294,34 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 HANDLED = frozenset({"ping", "resume", "subscribe", "unsubscribe", "read", "read_all"})
 
 
+MAX_QUERY_TOPICS = 20
+
+
+def _query(scope: dict[str, Any]) -> dict[str, list[str]]:
+    return parse_qs(scope.get("query_string", b"").decode("latin1"))
+
+
+def _follow_from_query(user: Any, scope: dict[str, Any]) -> tuple[list[int], list[tuple[str, str]]]:
+    """Topics named by ``?topic=slug`` (repeatable): followed before the replay, so that an
+    anonymous visitor's reconnect replays them too. Returns topic ids and (code, message) errors.
+    """
+    slugs = _query(scope).get("topic", [])
+    if len(slugs) > MAX_QUERY_TOPICS:
+        return [], [("bad_request", f"at most {MAX_QUERY_TOPICS} topics on connect")]
+    topics, errors = [], []
+    for slug in slugs:
+        if not frames.SLUG_RE.match(slug):
+            errors.append(("bad_request", "'topic' must be a topic slug"))
+            continue
+        try:
+            topics.append(services.subscribe(user, slug).pk)
+        except services.TopicError as exc:
+            errors.append((exc.code, str(exc)))
+    return topics, errors
+
+
 def _query_cursor(scope: dict[str, Any]) -> tuple[int | None, str | None]:
-    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
-    values = query.get("cursor")
+    values = _query(scope).get("cursor")
     if not values:
         return None, None
     value = values[0]
