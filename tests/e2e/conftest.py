@@ -89,7 +89,6 @@ def watch(page, errors: list[str]) -> None:
     page.on("pageerror", lambda error: errors.append(str(error)))
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_hub():
     """Overrides the async hub reset of tests/conftest.py: the hub runs in the server process

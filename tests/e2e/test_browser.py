@@ -35,7 +35,9 @@ def test_toast_and_badge_after_notify(site_server, signed_in, make_user, page_er
     badge = page.locator("[data-notifications-badge]")
     expect(badge).to_have_text("1")
 
-    event = notify(alice, "Invoice paid", body="<b>not markup</b>", url="/notifications/", level="success")
+    event = notify(
+        alice, "Invoice paid", body="<b>not markup</b>", url="/notifications/", level="success"
+    )
     toast = page.locator(f'.nt-toast[data-notification-id="{event.id}"]')
     expect(toast).to_be_visible(timeout=DEADLINE_MS)
     expect(toast).to_have_class(re.compile("nt-toast--success"))
