@@ -206,7 +206,8 @@ def mark_read(user: AbstractBaseUser, ids: Iterable[int], *, origin: str | None 
     """
     if not user.is_authenticated:
         raise PermissionError("anonymous visitors have no inbox")
-    ids = list(ids)
+    # Ids beyond a 64-bit integer name no event (and would overflow the database driver).
+    ids = [pk for pk in ids if 0 < pk <= frames.MAX_ID]
     with transaction.atomic():
         state = InboxState.objects.filter(user=user).first()
         watermark = state.read_through if state else 0

@@ -506,3 +506,12 @@ async def test_topics_named_on_connect_are_followed_before_the_replay(connect):
     live = await db(notify)("news", "live news")
     assert (await sock.expect("notification"))["id"] == live.id
     await sock.close()
+
+
+async def test_ids_and_cursors_beyond_64_bits(connect, amake_user):
+    alice = await amake_user("alice")
+    sock = await connect(alice)
+    await sock.send({"type": "resume", "cursor": 2**63})
+    assert (await sock.expect("error"))["code"] == "bad_request"
+    await sock.send({"type": "read", "ids": [2**63, 2**70], "ref": 1})
+    assert await sock.expect("unread") == {"type": "unread", "count": 0, "ref": 1}

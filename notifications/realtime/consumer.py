@@ -325,6 +325,6 @@ def _query_cursor(scope: dict[str, Any]) -> tuple[int | None, str | None]:
     if not values:
         return None, None
     value = values[0]
-    if not value.isdigit() or len(value) > 18:
+    if not value.isdigit() or len(value) > 19 or int(value) > frames.MAX_ID:
         return None, "'cursor' must be a non-negative integer"
     return int(value), None

@@ -12,6 +12,7 @@ from ..models import Event
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "notifications.v1"
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
+MAX_ID = 2**63 - 1  # event ids and cursors are 64-bit database integers
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -69,7 +70,7 @@ class ClientFrame:
         value = self.body.get(key)
         if value is None and not required:
             return None
-        if not _is_int(value) or value < 0:
+        if not _is_int(value) or not 0 <= value <= MAX_ID:
             raise FrameError("bad_request", f"'{key}' must be a non-negative integer", self.ref)
         return value
 
