@@ -57,6 +57,26 @@ def unread_count(user: AnyUser, *, upto: int | None = None) -> int | None:
 
 
 @dataclass(frozen=True)
+class Greeting:
+    cursor: int
+    unread: int | None
+
+
+def greeting(
+    user: AnyUser, *, upto: int, counted_to: int, extra_topic_ids: Iterable[int] = ()
+) -> Greeting:
+    """What ``hello`` says: the newest event id the socket may see (up to ``upto``, 0 if
+    none) and the unread count up to ``counted_to`` (None for anonymous visitors)."""
+    newest = (
+        Event.objects.filter(
+            visible_to(user, extra_topic_ids=extra_topic_ids), id__lte=upto
+        ).aggregate(top=Max("id"))["top"]
+        or 0
+    )
+    return Greeting(cursor=newest, unread=unread_count(user, upto=counted_to))
+
+
+@dataclass(frozen=True)
 class InboxPage:
     page: Page
     unread: int | None

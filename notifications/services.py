@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -113,6 +113,13 @@ def _check_users_exist(user_ids: Iterable[int]) -> None:
         raise ValueError(f"no user with id {', '.join(map(str, sorted(missing)))}")
 
 
+def _check_groups_exist(group_ids: Iterable[int]) -> None:
+    ids = set(group_ids)
+    missing = ids - set(Group.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    if missing:
+        raise ValueError(f"no group with id {', '.join(map(str, sorted(missing)))}")
+
+
 def notify(
     recipients: Any,
     title: str,
@@ -143,6 +150,8 @@ def notify(
         raise ValueError("idempotency_key must be a string of 1 to 200 characters")
     if audience.users:
         _check_users_exist(audience.users)
+    if audience.groups:
+        _check_groups_exist(audience.groups)
 
     with transaction.atomic():
         _lock_stream()
@@ -211,13 +220,23 @@ def mark_read(user: AbstractBaseUser, ids: Iterable[int], *, origin: str | None 
     with transaction.atomic():
         state = InboxState.objects.filter(user=user).first()
         watermark = state.read_through if state else 0
-        readable = Event.objects.filter(visible_to(user), id__in=ids, id__gt=watermark)
-        marks = [ReadMark(user=user, event_id=pk) for pk in readable.values_list("pk", flat=True)]
-        created = ReadMark.objects.bulk_create(marks, ignore_conflicts=True)
+        readable = set(
+            Event.objects.filter(visible_to(user), id__in=ids, id__gt=watermark).values_list(
+                "pk", flat=True
+            )
+        )
+        already = set(
+            ReadMark.objects.filter(user=user, event_id__in=readable).values_list(
+                "event_id", flat=True
+            )
+        )
+        event_ids = sorted(readable - already)
+        ReadMark.objects.bulk_create(
+            [ReadMark(user=user, event_id=pk) for pk in event_ids], ignore_conflicts=True
+        )
         count = unread_count(user)
         _publish_unread(user, count, exclude=origin)
-        if created:
-            event_ids = [mark.event_id for mark in marks]
+        if event_ids:
             transaction.on_commit(
                 partial(signals.notification_read.send, sender=Event, user=user, ids=event_ids),
                 robust=True,

@@ -156,6 +156,8 @@ LOGGING = {
         "notifications": {
             "handlers": ["console"],
             "level": os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO"),
+            # Own handler only: daphne configures the root logger too (lines would repeat).
+            "propagate": False,
         },
     },
 }

@@ -69,3 +69,9 @@ def test_errors_store_nothing(make_user, args, message):
     with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run("--title", "x", *args)
     assert Event.objects.count() == 0
+
+
+def test_repeated_user_options_add_up(make_user):
+    make_user("alice")
+    make_user("bob")
+    assert run("--title", "x", "--user", "alice", "--user", "bob").endswith("recipients=2")

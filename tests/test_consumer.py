@@ -433,18 +433,28 @@ async def test_rate_limit_then_close_4429(connect, amake_user):
 async def test_group_membership_change_applies_to_open_sockets(connect, amake_user):
     alice = await amake_user("alice")
     editors = await db(Group.objects.create)(name="editors")
+    await db(notify)(editors, "sent to editors before alice joined")
     sock = await connect(alice)
+    assert sock.hello["unread"] == 0
     await db(alice.groups.add)(editors)
-    # The membership reload is asynchronous; a ping round trip lets the hub handle it.
-    await sock.send({"type": "ping"})
-    await sock.expect("pong")
+    # The group's events are now hers: the count changed for a reason she cannot see.
+    assert await sock.expect("unread") == {"type": "unread", "count": 1}
     event = await db(notify)(editors, "for editors")
     assert (await sock.expect("notification"))["id"] == event.id
     await db(editors.user_set.remove)(alice)
-    await sock.send({"type": "ping"})
-    await sock.expect("pong")
+    assert await sock.expect("unread") == {"type": "unread", "count": 0}
     await db(notify)(editors, "no longer for alice")
     assert await sock.nothing()
+
+
+async def test_hello_cursor_is_the_newest_event_the_socket_may_see(connect, amake_user):
+    alice, bob = await amake_user("alice"), await amake_user("bob")
+    mine = await db(notify)(alice, "alice's")
+    await db(notify)(bob, "bob's, newer")
+    assert (await connect(alice)).hello["cursor"] == mine.id
+    assert (await connect()).hello["cursor"] == 0  # nothing an anonymous visitor may see
+    public = await db(notify)("everyone", "announcement")
+    assert (await connect()).hello["cursor"] == public.id
 
 
 async def test_session_deleted_closes_1008(connect, amake_user):

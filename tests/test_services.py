@@ -180,3 +180,32 @@ async def test_anotify(amake_user):
     alice = await amake_user("alice")
     event = await anotify(alice, "from async code", level="warning")
     assert event.id and event.recipient_count == 1 and event.level == "warning"
+
+
+def test_unknown_group_or_user_ids_raise_value_error(people):
+    with pytest.raises(ValueError, match="no group with id 999"):
+        notify(Audience(groups=[999]), "x")
+    with pytest.raises(ValueError, match="no user with id 999"):
+        notify(Audience(users=[999]), "x")
+    assert Event.objects.count() == 0
+
+
+def test_read_signal_reports_only_newly_read_ids(people, django_capture_on_commit_callbacks):
+    from notifications.signals import notification_read
+
+    _, alice, _, _ = people
+    first, second = notify(alice, "one"), notify(alice, "two")
+    calls = []
+    notification_read.connect(lambda sender, user, ids, **kw: calls.append(ids), weak=False)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            mark_read(alice, [first.id])
+        with django_capture_on_commit_callbacks(execute=True):
+            mark_read(alice, [first.id, second.id])
+        with django_capture_on_commit_callbacks(execute=True):
+            mark_read(alice, [first.id, second.id])  # nothing new: no signal
+        with django_capture_on_commit_callbacks(execute=True):
+            mark_all_read(alice)
+    finally:
+        notification_read.receivers.clear()
+    assert calls == [[first.id], [second.id], None]

@@ -109,20 +109,22 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         try:
             # Count what this socket will not bring live: up to its start, or up to the
             # client's cursor when that is ahead (events the page already rendered).
-            counted_to = max(start, cursor or 0)
-            unread = await database_sync_to_async(selectors.unread_count)(
-                self.user, upto=counted_to
+            greeting = await database_sync_to_async(selectors.greeting)(
+                self.user,
+                upto=start,
+                counted_to=max(start, cursor or 0),
+                extra_topic_ids=self.conn.anon_topics,
             )
         except Exception:
-            logger.exception("unread count failed for %s", self.conn.id)
-            unread = None
+            logger.exception("hello queries failed for %s", self.conn.id)
+            greeting = selectors.Greeting(cursor=start, unread=None)
         await self.send_frame(
             {
                 "type": "hello",
                 "protocol": frames.PROTOCOL_VERSION,
                 "user": self.user.get_username() if self.user.is_authenticated else None,
-                "unread": unread if self.user.is_authenticated else None,
-                "cursor": start,
+                "unread": greeting.unread,
+                "cursor": greeting.cursor,
             }
         )
         for code, message in [("bad_request", e) for e in query_errors] + topic_errors:

@@ -29,7 +29,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from .. import selectors
-from ..audiences import membership_of
+from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from ..models import Reach, Recipient
 from . import frames, messages
@@ -69,16 +69,21 @@ def _local_recipients(event_id: int, user_ids: list[int]) -> set[int]:
     )
 
 
+def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
+    # SQLite caps the variables of one statement; keep IN lists short everywhere.
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def _invalid_sessions(pairs: list[tuple[str | None, int]]) -> set[tuple[str | None, int]]:
     """Which (session key, user id) pairs no longer authenticate an active user."""
     from importlib import import_module
 
-    active = set(
-        get_user_model()
-        ._default_manager.filter(pk__in={uid for _, uid in pairs}, is_active=True)
-        .values_list("pk", flat=True)
-    )
-    keys = {key for key, _ in pairs if key}
+    users = get_user_model()._default_manager
+    active: set[int] = set()
+    for chunk in _chunks(sorted({uid for _, uid in pairs})):
+        active.update(users.filter(pk__in=chunk, is_active=True).values_list("pk", flat=True))
+    keys = sorted({key for key, _ in pairs if key})
     engine = settings.SESSION_ENGINE
     if engine in (
         "django.contrib.sessions.backends.db",
@@ -86,15 +91,27 @@ def _invalid_sessions(pairs: list[tuple[str | None, int]]) -> set[tuple[str | No
     ):
         from django.contrib.sessions.models import Session
 
-        live = set(
-            Session.objects.filter(
-                session_key__in=keys, expire_date__gt=timezone.now()
-            ).values_list("session_key", flat=True)
-        )
+        live: set[str] = set()
+        for chunk in _chunks(keys):
+            live.update(
+                Session.objects.filter(
+                    session_key__in=chunk, expire_date__gt=timezone.now()
+                ).values_list("session_key", flat=True)
+            )
+    elif engine == "django.contrib.sessions.backends.signed_cookies":
+        # The session lives in the browser's cookie: nothing on the server to look up, so
+        # only deactivation (and logout, by its signal) can end such a socket.
+        live = set(keys)
     else:
         store = import_module(engine).SessionStore
         live = {key for key in keys if store().exists(key)}
     return {(key, uid) for key, uid in pairs if uid not in active or (key and key not in live)}
+
+
+def _memberships(user_ids: list[int]) -> dict[int, tuple[Membership, int | None]]:
+    """Active users' memberships and unread counts (inactive users are left out)."""
+    users = get_user_model()._default_manager.filter(pk__in=user_ids, is_active=True)
+    return {user.pk: (membership_of(user), selectors.unread_count(user)) for user in users}
 
 
 class Hub:
@@ -363,21 +380,22 @@ class Hub:
         local = [uid for uid in user_ids if uid in self.by_user]
         if not local:
             return
-        users = await database_sync_to_async(
-            lambda: {
-                u.pk: membership_of(u)
-                for u in get_user_model()._default_manager.filter(pk__in=local)
-            }
-        )()
+        users = await database_sync_to_async(_memberships)(local)
         for user_id in local:
             for conn in list(self.by_user.get(user_id, ())):
-                membership = users.get(user_id)
-                if membership is None:
+                if user_id not in users:  # deactivated or deleted
                     await conn.close(CLOSE_POLICY)
+                    continue
+                membership, unread = users[user_id]
+                before = (conn.is_staff, conn.group_ids, conn.topic_ids)
+                if before == (membership.is_staff, membership.group_ids, membership.topic_ids):
                     continue
                 self._unindex(conn)
                 conn.apply(membership)
                 self._index(conn)
+                # What the user may see changed, and the unread count with it; the client
+                # cannot know, so tell it (PROTOCOL.md, `unread`).
+                await conn.send_control(frames.encode({"type": "unread", "count": unread}))
 
     async def _close_sessions(self, session_keys: set[str]) -> None:
         for conn in [c for c in self.authenticated if c.session_key in session_keys]:

@@ -28,8 +28,10 @@ class Command(BaseCommand):
             "send it to the topic's subscribers",
         )
         audience = parser.add_mutually_exclusive_group()
-        audience.add_argument("--user", nargs="+", metavar="USERNAME", dest="users")
-        audience.add_argument("--group", nargs="+", metavar="NAME", dest="groups")
+        audience.add_argument(
+            "--user", nargs="+", action="extend", metavar="USERNAME", dest="users"
+        )
+        audience.add_argument("--group", nargs="+", action="extend", metavar="NAME", dest="groups")
         audience.add_argument("--everyone", action="store_true")
         audience.add_argument("--staff", action="store_true", help="all staff users")
         audience.add_argument("--authenticated", action="store_true", help="all signed-in users")
