@@ -46,6 +46,12 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_WINDOW": 24 * 3600,
     # Users per group_send message before the hub looks recipients up in the database.
     "MAX_INLINE_RECIPIENTS": 1000,
+    # Write pre-built frames straight to the server's transport (daphne, uvicorn) instead of
+    # one ASGI message per socket. Off: always the plain ASGI send.
+    "FAST_WRITES": True,
+    # Bytes that may wait in one socket's send buffer (a client that stops reading) before the
+    # server drops it; it catches up on reconnect. Needs a fast writer; None for no cap.
+    "MAX_BUFFERED_BYTES": 1024 * 1024,
 }
 
 

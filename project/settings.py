@@ -4,6 +4,7 @@ Defaults suit local development: SQLite and the in-memory channel layer, nothing
 install. ``DATABASE_URL`` switches to PostgreSQL, ``REDIS_URL`` to channels-redis.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -144,8 +145,21 @@ CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 NOTIFICATIONS = {
     "ALLOWED_ORIGINS": _env_list("NOTIFICATIONS_ALLOWED_ORIGINS"),
 }
-if os.environ.get("NOTIFICATIONS_POLL_INTERVAL"):
-    NOTIFICATIONS["POLL_INTERVAL"] = float(os.environ["NOTIFICATIONS_POLL_INTERVAL"])
+# Any other key of the NOTIFICATIONS dict from NOTIFICATIONS_<KEY>, as JSON (1.5, false, null).
+for _key in (
+    "POLL_INTERVAL",
+    "SESSION_CHECK_INTERVAL",
+    "FAST_WRITES",
+    "MAX_BUFFERED_BYTES",
+    "MAX_CONNECTIONS_PER_USER",
+    "MAX_CONNECTIONS_PER_IP",
+    "MAX_FRAME_BYTES",
+    "RATE_LIMIT_FRAMES",
+    "RATE_LIMIT_WINDOW",
+    "ALLOW_MISSING_ORIGIN",
+):
+    if os.environ.get(f"NOTIFICATIONS_{_key}"):
+        NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])
 
 LOGGING = {
     "version": 1,

@@ -70,8 +70,9 @@ def manage(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedP
 class ServerProcess:
     """``daphne project.asgi:application`` on 127.0.0.1, stopped and restarted at will."""
 
-    def __init__(self, port: int | None = None, **env: str) -> None:
+    def __init__(self, port: int | None = None, *, server: str = "daphne", **env: str) -> None:
         self.port = port or free_port()
+        self.server = server
         self.env = env
         self.process: subprocess.Popen | None = None
         # Kept open for the life of the process, so not a context manager.
@@ -88,16 +89,18 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws/notifications/"
 
     def start(self, timeout: float = 20) -> ServerProcess:
-        command = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "project.asgi:application",
-        ]
+        if self.server == "uvicorn":
+            command = [
+                sys.executable, "-m", "uvicorn", "project.asgi:application",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--ws", "websockets", "--ws-per-message-deflate", "false",
+                "--log-level", "warning",
+            ]  # fmt: skip
+        else:
+            command = [
+                sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                "project.asgi:application",
+            ]  # fmt: skip
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=child_env(**self.env), stdout=self.log, stderr=subprocess.STDOUT
         )

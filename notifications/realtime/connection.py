@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ..audiences import Membership
+from .transport import Frame, Writer
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+logger = logging.getLogger("notifications.realtime")
 _ids = itertools.count(1)
 
 
@@ -24,40 +25,45 @@ class Connection:
     __slots__ = (
         "anon_topics",
         "close",
+        "dropped",
         "group_ids",
         "id",
         "ip",
         "is_staff",
         "last_sent",
+        "max_buffered",
         "paused",
         "pending",
         "position",
-        "send",
         "session_key",
         "topic_ids",
         "user_id",
+        "writer",
     )
 
     def __init__(
         self,
         *,
-        send: Send,
+        writer: Writer,
         close: Callable[[int], Awaitable[None]],
         membership: Membership,
         session_key: str | None = None,
         ip: str | None = None,
+        max_buffered: int | None = None,
     ) -> None:
         self.id = f"c{next(_ids)}"
-        self.send = send
+        self.writer = writer
         self.close = close
         self.session_key = session_key
         self.ip = ip
+        self.max_buffered = max_buffered
+        self.dropped = False
         self.anon_topics: set[int] = set()
         self.position = 0
         self.last_sent = 0
         self.paused = 0
-        # (event id or None for a control frame, encoded frame)
-        self.pending: list[tuple[int | None, str]] = []
+        # (event id, or None for a control frame such as `unread`; the frame)
+        self.pending: list[tuple[int | None, Frame]] = []
         self.apply(membership)
 
     def apply(self, membership: Membership) -> None:
@@ -70,17 +76,36 @@ class Connection:
     def followed_topics(self) -> set[int]:
         return set(self.topic_ids) | self.anon_topics
 
-    async def send_text(self, text: str) -> None:
-        await self.send({"type": "websocket.send", "text": text})
+    async def _write(self, frame: Frame) -> None:
+        writer = self.writer
+        if not writer.fast:
+            await writer.write(frame)
+            return
+        if self.dropped:
+            return
+        limit = self.max_buffered
+        if limit is not None and (writer.buffered() or 0) > limit:
+            # The client stopped reading: drop it rather than buffer without bound. It
+            # resumes from its cursor when it reconnects.
+            self.dropped = True
+            logger.warning(
+                "ws.slow %s user=%s: send buffer over %s bytes, dropping",
+                self.id,
+                self.user_id,
+                limit,
+            )
+            writer.abort()
+            return
+        writer.write_now(frame)
 
-    async def send_control(self, text: str) -> None:
+    async def send_control(self, frame: Frame) -> None:
         """Send a frame that is not an event (``unread``), after any replay in progress."""
         if self.paused:
-            self.pending.append((None, text))
+            self.pending.append((None, frame))
         else:
-            await self.send_text(text)
+            await self._write(frame)
 
-    async def deliver(self, event_id: int, frame: str) -> None:
+    async def deliver(self, event_id: int, frame: Frame) -> None:
         """Send a live event unless this socket has it already; queue it while paused."""
         if event_id <= self.position:
             return
@@ -88,7 +113,7 @@ class Connection:
             self.pending.append((event_id, frame))
             return
         self.position = self.last_sent = event_id
-        await self.send({"type": "websocket.send", "text": frame})
+        await self._write(frame)
 
     def pause(self) -> None:
         self.paused += 1
@@ -99,8 +124,8 @@ class Connection:
             batch, self.pending = self.pending, []
             for event_id, frame in batch:
                 if event_id is None:
-                    await self.send_text(frame)
+                    await self._write(frame)
                 elif event_id > self.position:
                     self.position = self.last_sent = event_id
-                    await self.send_text(frame)
+                    await self._write(frame)
         self.paused -= 1

@@ -22,6 +22,8 @@ from . import frames
 from .connection import Connection
 from .frames import ClientFrame, FrameError
 from .hub import Hub, get_hub
+from .origin import RAW_SEND_KEY
+from .transport import writer_for
 
 logger = logging.getLogger("notifications.realtime")
 
@@ -80,7 +82,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             return
         session = self.scope.get("session")
         self.conn = Connection(
-            send=self.base_send,
+            writer=writer_for(
+                self.scope.get(RAW_SEND_KEY, self.base_send),
+                allow_fast=notifications_settings.FAST_WRITES,
+            ),
+            max_buffered=notifications_settings.MAX_BUFFERED_BYTES,
             close=self.close_from_hub,
             membership=membership,
             session_key=getattr(session, "session_key", None) if membership.user_id else None,
@@ -100,11 +106,12 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         )
         await self.accept(subprotocol)
         logger.info(
-            "ws.connect %s user=%s client=%s cursor=%s",
+            "ws.connect %s user=%s client=%s cursor=%s writer=%s",
             self.conn.id,
             membership.user_id,
             ip,
             cursor,
+            type(self.conn.writer).__name__,
         )
         try:
             # Count what this socket will not bring live: up to its start, or up to the

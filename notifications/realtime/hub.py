@@ -34,6 +34,7 @@ from ..conf import notifications_settings
 from ..models import Reach, Recipient
 from . import frames, messages
 from .connection import Connection
+from .transport import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +362,7 @@ class Hub:
             local_users = await database_sync_to_async(_local_recipients)(
                 message["id"], list(self.by_user)
             )
-        event_id, frame = message["id"], message["frame"]
+        event_id, frame = message["id"], Frame(message["frame"])
         for conn in self._targets(message, local_users if message["users"] is None else None):
             try:
                 await conn.deliver(event_id, frame)
@@ -371,7 +372,7 @@ class Hub:
     # Control messages -------------------------------------------------------------------------
 
     async def _send_unread(self, user_id: int, count: int, exclude: str | None) -> None:
-        frame = frames.encode({"type": "unread", "count": count})
+        frame = Frame(frames.encode({"type": "unread", "count": count}))
         for conn in list(self.by_user.get(user_id, ())):
             if conn.id != exclude:
                 await conn.send_control(frame)
@@ -395,7 +396,7 @@ class Hub:
                 self._index(conn)
                 # What the user may see changed, and the unread count with it; the client
                 # cannot know, so tell it (PROTOCOL.md, `unread`).
-                await conn.send_control(frames.encode({"type": "unread", "count": unread}))
+                await conn.send_control(Frame(frames.encode({"type": "unread", "count": unread})))
 
     async def _close_sessions(self, session_keys: set[str]) -> None:
         for conn in [c for c in self.authenticated if c.session_key in session_keys]:

@@ -1,0 +1,165 @@
+"""How the hub writes frames to a socket: the ASGI ``send``, or a server's transport directly.
+
+A server-to-client WebSocket frame is not masked (RFC 6455 section 5.1), so the bytes of one
+notification frame are the same for every socket. :class:`Frame` builds them once per event,
+and a fast writer puts them straight on the server's transport, skipping the per-socket ASGI
+message, the server's reply dispatch and its per-socket framing. Fast writers exist for
+daphne (Twisted/autobahn) and uvicorn (its ``websockets`` implementation); anything else, and
+the test communicator, gets :class:`AsgiWriter`, the plain ASGI ``send``.
+
+A fast writer also sees how many bytes wait in the socket's send buffer, so a client that stops
+reading can be cut off (``MAX_BUFFERED_BYTES``) instead of growing server memory; with the
+ASGI fallback that figure is unknown and no cap applies.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Frame:
+    """One encoded text frame, shared by every socket it goes to."""
+
+    __slots__ = ("_wire", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """The complete unmasked WebSocket text frame (FIN, opcode 1), built on first use."""
+        if self._wire is None:
+            payload = self.text.encode()
+            size = len(payload)
+            if size < 126:
+                header = struct.pack("!BB", 0x81, size)
+            elif size < 1 << 16:
+                header = struct.pack("!BBH", 0x81, 126, size)
+            else:
+                header = struct.pack("!BBQ", 0x81, 127, size)
+            self._wire = header + payload
+        return self._wire
+
+
+class AsgiWriter:
+    """The portable path: one ``websocket.send`` ASGI message per frame."""
+
+    fast = False
+    __slots__ = ("send",)
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+
+    async def write(self, frame: Frame) -> None:
+        await self.send({"type": "websocket.send", "text": frame.text})
+
+    def buffered(self) -> int | None:
+        return None
+
+    def abort(self) -> None:
+        """Nothing to abort from here: the caller closes through ASGI."""
+
+
+class DaphneWriter:
+    """daphne: write to the autobahn protocol's Twisted transport."""
+
+    fast = True
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    async def write(self, frame: Frame) -> None:
+        self.write_now(frame)
+
+    def write_now(self, frame: Frame) -> bool:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN or protocol.transport is None:
+            return False
+        protocol.transport.write(frame.wire)
+        return True
+
+    def buffered(self) -> int | None:
+        transport = getattr(self.protocol, "transport", None)
+        # Twisted's FileDescriptor keeps unsent bytes in dataBuffer (from offset on) and in
+        # _tempDataBuffer (_tempDataLen bytes). A TLS transport wraps the TCP one.
+        while transport is not None and not hasattr(transport, "dataBuffer"):
+            transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    def abort(self) -> None:
+        transport = getattr(self.protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+
+class UvicornWriter:
+    """uvicorn with ``--ws websockets``: write to the asyncio transport."""
+
+    fast = True
+    __slots__ = ("open_state", "protocol")
+
+    def __init__(self, protocol: Any, open_state: Any) -> None:
+        self.protocol = protocol
+        self.open_state = open_state
+
+    async def write(self, frame: Frame) -> None:
+        self.write_now(frame)
+
+    def write_now(self, frame: Frame) -> bool:
+        protocol = self.protocol
+        if protocol.state is not self.open_state or protocol.transport is None:
+            return False
+        protocol.transport.write(frame.wire)
+        return True
+
+    def buffered(self) -> int | None:
+        transport = self.protocol.transport
+        return None if transport is None else transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        if self.protocol.transport is not None:
+            self.protocol.transport.abort()
+
+
+Writer = AsgiWriter | DaphneWriter | UvicornWriter
+
+
+def writer_for(send: Send, *, allow_fast: bool = True) -> Writer:
+    """The fastest writer that ``send`` (the server's own ASGI send) allows."""
+    if allow_fast:
+        try:
+            fast = _fast_writer(send)
+        except Exception:  # an unknown server version: fall back, never fail the socket
+            logger.debug("no fast writer for %r", send, exc_info=True)
+            fast = None
+        if fast is not None:
+            return fast
+    return AsgiWriter(send)
+
+
+def _fast_writer(send: Send) -> Writer | None:
+    if isinstance(send, functools.partial) and send.args:
+        protocol = send.args[0]
+        module = type(protocol).__module__
+        if module == "daphne.ws_protocol" and hasattr(protocol, "STATE_OPEN"):
+            return DaphneWriter(protocol)
+    owner = getattr(send, "__self__", None)
+    if owner is not None and type(owner).__module__ == (
+        "uvicorn.protocols.websockets.websockets_impl"
+    ):
+        from websockets.protocol import State
+
+        return UvicornWriter(owner, State.OPEN)
+    return None
