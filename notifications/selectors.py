@@ -10,7 +10,7 @@ from django.core.paginator import Page, Paginator
 from django.db.models import BooleanField, Exists, ExpressionWrapper, Max, OuterRef, Q, QuerySet
 
 from .audiences import visible_to
-from .models import Event, InboxState, ReadMark
+from .models import Event, InboxState, Reach, ReadMark
 
 AnyUser = AbstractBaseUser | AnonymousUser
 
@@ -18,6 +18,12 @@ AnyUser = AbstractBaseUser | AnonymousUser
 def stream_cursor() -> int:
     """The newest committed event id (0 when there is none): where a fresh page starts."""
     return Event.objects.aggregate(top=Max("id"))["top"] or 0
+
+
+def stream_heads() -> tuple[int, int]:
+    """The newest committed event id, and the newest one sent to everyone (0 when none)."""
+    heads = Event.objects.aggregate(top=Max("id"), public=Max("id", filter=Q(reach=Reach.EVERYONE)))
+    return heads["top"] or 0, heads["public"] or 0
 
 
 def read_through(user: AnyUser) -> int:

@@ -6,6 +6,7 @@ install. ``DATABASE_URL`` switches to PostgreSQL, ``REDIS_URL`` to channels-redi
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -67,7 +68,11 @@ ASGI_APPLICATION = "project.asgi.application"
 
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        # Persistent connections: the WebSocket handshake and the hub query the database
+        # from one worker thread, which would otherwise reconnect for every query.
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "600")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -81,9 +86,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
-    # A file, not :memory:, so that real server processes started by the tests share it.
+    # A file, not :memory:, so that real server processes started by the tests share it;
+    # one per test run, so that two runs at once do not overwrite each other's.
     DATABASES["default"]["TEST"] = {
-        "NAME": os.environ.get("DJANGO_TEST_SQLITE", str(BASE_DIR / "test-db.sqlite3"))
+        "NAME": os.environ.get(
+            "DJANGO_TEST_SQLITE",
+            str(Path(tempfile.gettempdir()) / f"notifications-test-{os.getpid()}.sqlite3"),
+        )
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -1,8 +1,15 @@
 """The WebSocket consumer: handshake, hello, replay, and client frames (PROTOCOL.md).
 
-It stays thin: it authenticates (the session, via AuthMiddleware), registers its socket with
-the process hub, parses frames and calls services. Live events never pass through it: the hub
-writes them straight to the socket, so there is no per-recipient consumer dispatch.
+A plain ASGI application, one instance per socket. It stays thin: it authenticates (the
+session cookie), registers its socket with the process hub, parses frames and calls services.
+Live events never pass through it: the hub writes them straight to the socket, so there is no
+per-recipient consumer dispatch.
+
+It is not a Channels ``AsyncConsumer`` on purpose: that class opens a channel-layer channel
+per socket, runs a dispatch task per message source and hops to a thread to close old
+database connections for every message; an idle socket here is one coroutine waiting on
+``receive``, and a handshake makes at most two thread hops (none for an anonymous visitor
+without cookies or topics).
 """
 
 from __future__ import annotations
@@ -13,22 +20,25 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
 
 from .. import selectors, services
-from ..audiences import membership_of
+from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from . import frames
+from .auth import authenticate, session_key_from
 from .connection import Connection
 from .frames import ClientFrame, FrameError
-from .hub import Hub, get_hub
-from .origin import RAW_SEND_KEY
+from .hub import get_hub
+from .origin import header
 from .transport import writer_for
 
 logger = logging.getLogger("notifications.realtime")
 
 CLOSE_TOO_LARGE = 1009
 CLOSE_FLOOD = 4429
+MAX_QUERY_TOPICS = 20
+HANDLED = frozenset({"ping", "resume", "subscribe", "unsubscribe", "read", "read_all"})
 
 
 class RateLimiter:
@@ -53,70 +63,142 @@ class RateLimiter:
 _limiter = RateLimiter()
 
 
-class NotificationConsumer(AsyncWebsocketConsumer):
-    # The hub, not each consumer, listens on the channel layer: an alias that names no layer
-    # stops Channels from opening a layer channel per socket.
-    channel_layer_alias = "__notifications_hub_only__"
+def _handshake(
+    session_key: str | None, slugs: list[str]
+) -> tuple[Any, Membership, list[int], list[tuple[str, str]]]:
+    """Everything a handshake needs from the database, in one thread hop."""
+    user, _ = authenticate(session_key)
+    membership = membership_of(user)
+    topics, errors = [], []
+    for slug in slugs:
+        if not frames.SLUG_RE.match(slug):
+            errors.append(("bad_request", "'topic' must be a topic slug"))
+            continue
+        try:
+            topics.append(services.subscribe(user, slug).pk)
+        except services.TopicError as exc:
+            errors.append((exc.code, str(exc)))
+    return user, membership, topics, errors
 
-    hub: Hub
-    conn: Connection | None = None
+
+class NotificationConsumer:
+    """ASGI application for ``ws[s]://HOST/ws/notifications/``."""
+
+    __slots__ = ("closing", "conn", "hub", "receive", "scope", "send", "user")
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.user: Any = AnonymousUser()
+        self.conn: Connection | None = None
+        self.closing = False
+
+    @classmethod
+    def as_asgi(cls) -> Any:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await cls(scope, receive, send).run()
+
+        return app
+
+    async def run(self) -> None:
+        while True:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                if not self.closing:
+                    await self.on_frame(message.get("text"), message.get("bytes"))
+            elif kind == "websocket.connect":
+                if not await self.on_connect():
+                    return  # refused before accept
+            elif kind == "websocket.disconnect":
+                self.on_disconnect(message.get("code"))
+                return
 
     # Handshake -------------------------------------------------------------------------------
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.user = self.scope["user"]
-        self.hub = get_hub()
-        client = self.scope.get("client") or (None, None)
-        ip = client[0]
+    async def reject(self, reason: str, **context: Any) -> bool:
+        details = " ".join(f"{key}={value}" for key, value in context.items())
+        logger.warning("ws.reject reason=%r %s", reason, details)
+        await self.send({"type": "websocket.close"})  # before accept: HTTP 403
+        return False
+
+    async def on_connect(self) -> bool:
+        scope = self.scope
+        ip = (scope.get("client") or (None, None))[0]
+        query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+        cursor, cursor_error = _query_cursor(query)
+        slugs = query.get("topic", [])
+        if len(slugs) > MAX_QUERY_TOPICS:
+            return await self.reject(f"more than {MAX_QUERY_TOPICS} topics", client=ip)
+        session_key = session_key_from(header(scope, b"cookie"))
+        self.hub = hub = get_hub()
         try:
-            await self.hub.ready()
-            membership = await database_sync_to_async(membership_of)(self.user)
+            await hub.ready()
+            if session_key or slugs:
+                user, membership, topics, topic_errors = await database_sync_to_async(_handshake)(
+                    session_key, slugs
+                )
+            else:  # an anonymous visitor without cookies: nothing to look up
+                user, membership, topics, topic_errors = AnonymousUser(), Membership(None), [], []
         except Exception:
-            logger.exception("ws.reject reason=startup client=%s", ip)
-            await self.close()
-            return
-        refusal = self.hub.admit(membership.user_id, ip)
+            logger.exception("handshake failed (database unavailable?)")
+            return await self.reject("server error", client=ip)
+        self.user = user
+        refusal = hub.admit(membership.user_id, ip)
         if refusal:
-            logger.warning("ws.reject reason=%r user=%s client=%s", refusal, membership.user_id, ip)
-            await self.close()
-            return
-        session = self.scope.get("session")
-        self.conn = Connection(
-            writer=writer_for(
-                self.scope.get(RAW_SEND_KEY, self.base_send),
-                allow_fast=notifications_settings.FAST_WRITES,
-            ),
+            return await self.reject(refusal, user=membership.user_id, client=ip)
+        self.conn = conn = Connection(
+            writer=writer_for(self.send, allow_fast=notifications_settings.FAST_WRITES),
             max_buffered=notifications_settings.MAX_BUFFERED_BYTES,
             close=self.close_from_hub,
             membership=membership,
-            session_key=getattr(session, "session_key", None) if membership.user_id else None,
+            session_key=session_key if membership.user_id else None,
             ip=ip,
         )
-        cursor, cursor_error = _query_cursor(self.scope)
-        query_errors = [cursor_error] if cursor_error else []
-        topics, topic_errors = await database_sync_to_async(_follow_from_query)(
-            self.user, self.scope
-        )
-        self.conn.pause()  # live events wait until hello (and the replay) are out
-        start = self.hub.attach(self.conn)
+        conn.pause()  # live events wait until hello (and the replay) are out
+        start = hub.attach(conn)
         for topic_id in topics:
-            self.hub.follow(self.conn, topic_id, stored=self.user.is_authenticated)
+            hub.follow(conn, topic_id, stored=user.is_authenticated)
         subprotocol = (
-            frames.SUBPROTOCOL if frames.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
+            frames.SUBPROTOCOL if frames.SUBPROTOCOL in scope.get("subprotocols", []) else None
         )
-        await self.accept(subprotocol)
+        await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
         logger.info(
             "ws.connect %s user=%s client=%s cursor=%s writer=%s",
-            self.conn.id,
+            conn.id,
             membership.user_id,
             ip,
             cursor,
-            type(self.conn.writer).__name__,
+            type(conn.writer).__name__,
         )
+        greeting = await self._greeting(start, cursor)
+        await self.send_frame(
+            {
+                "type": "hello",
+                "protocol": frames.PROTOCOL_VERSION,
+                "user": user.get_username() if user.is_authenticated else None,
+                "unread": greeting.unread,
+                "cursor": greeting.cursor,
+            }
+        )
+        errors = [("bad_request", cursor_error)] if cursor_error else []
+        for code, message in errors + topic_errors:
+            await self.send_frame(frames.error(code, message))
+        if cursor is not None:
+            await self._replay(after=cursor, upto=start, ref=None)
+        await conn.resume()
+        return True
+
+    async def _greeting(self, start: int, cursor: int | None) -> selectors.Greeting:
+        assert self.conn is not None
+        if not self.user.is_authenticated and not self.conn.anon_topics:
+            # Only announcements to everyone: the hub tracks the newest one.
+            return selectors.Greeting(cursor=self.hub.newest_public, unread=None)
         try:
             # Count what this socket will not bring live: up to its start, or up to the
             # client's cursor when that is ahead (events the page already rendered).
-            greeting = await database_sync_to_async(selectors.greeting)(
+            return await database_sync_to_async(selectors.greeting)(
                 self.user,
                 upto=start,
                 counted_to=max(start, cursor or 0),
@@ -124,57 +206,52 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             )
         except Exception:
             logger.exception("hello queries failed for %s", self.conn.id)
-            greeting = selectors.Greeting(cursor=start, unread=None)
-        await self.send_frame(
-            {
-                "type": "hello",
-                "protocol": frames.PROTOCOL_VERSION,
-                "user": self.user.get_username() if self.user.is_authenticated else None,
-                "unread": greeting.unread,
-                "cursor": greeting.cursor,
-            }
-        )
-        for code, message in [("bad_request", e) for e in query_errors] + topic_errors:
-            await self.send_frame(frames.error(code, message))
-        if cursor is not None:
-            await self._replay(after=cursor, upto=start, ref=None)
-        await self.conn.resume()
+            return selectors.Greeting(cursor=start, unread=None)
+
+    async def close(self, code: int) -> None:
+        if not self.closing:
+            self.closing = True
+            await self.send({"type": "websocket.close", "code": code})
 
     async def close_from_hub(self, code: int) -> None:
         if self.conn is not None:
             self.hub.detach(self.conn)
         await self.close(code)
 
-    async def disconnect(self, code: int) -> None:
-        if self.conn is not None:
-            self.hub.detach(self.conn)
-            if not self.user.is_authenticated:
-                _limiter.forget(self.conn.id)
-            logger.info("ws.disconnect %s code=%s", self.conn.id, code)
+    def on_disconnect(self, code: int | None) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.hub.detach(conn)
+        if conn.user_id is None:
+            _limiter.forget(conn.id)
+        elif conn.user_id not in self.hub.by_user:  # the user's last socket here
+            _limiter.forget(conn.user_id)
+        logger.info("ws.disconnect %s code=%s", conn.id, code)
 
     # Frames ----------------------------------------------------------------------------------
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=frames.encode(frame))
+        await self.send({"type": "websocket.send", "text": frames.encode(frame)})
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def on_frame(self, text: str | None, data: bytes | None) -> None:
         if self.conn is None:
             return
         if await self._limited():
             return
         limit = notifications_settings.MAX_FRAME_BYTES
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        size = len(text.encode()) if text is not None else len(data or b"")
         if size > limit:
             await self.send_frame(frames.error("too_large", f"frames are limited to {limit} bytes"))
             await self.close(CLOSE_TOO_LARGE)
             return
-        if text_data is None:
+        if text is None:
             await self.send_frame(frames.error("bad_frame", "binary frames are not supported"))
             return
         frame: ClientFrame | None = None
         try:
-            frame = frames.parse(text_data)
-            handler = getattr(self, "on_" + frame.type, None) if frame.type in HANDLED else None
+            frame = frames.parse(text)
+            handler = getattr(self, "on_" + frame.type) if frame.type in HANDLED else None
             if handler is None:
                 raise FrameError(
                     "unknown_type", f"unknown frame type {frame.type[:50]!r}", frame.ref
@@ -246,6 +323,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         await self.send_frame(frames.with_ref({"type": "unsubscribed", "topic": slug}, frame.ref))
 
     async def on_read(self, frame: ClientFrame) -> None:
+        assert self.conn is not None
         ids = frame.ids()
         self._require_user(frame)
         count = await database_sync_to_async(services.mark_read)(
@@ -254,6 +332,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         await self.send_frame(frames.with_ref({"type": "unread", "count": count}, frame.ref))
 
     async def on_read_all(self, frame: ClientFrame) -> None:
+        assert self.conn is not None
         self._require_user(frame)
         count = await database_sync_to_async(services.mark_all_read)(self.user, origin=self.conn.id)
         await self.send_frame(frames.with_ref({"type": "unread", "count": count}, frame.ref))
@@ -300,37 +379,8 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         )
 
 
-HANDLED = frozenset({"ping", "resume", "subscribe", "unsubscribe", "read", "read_all"})
-
-
-MAX_QUERY_TOPICS = 20
-
-
-def _query(scope: dict[str, Any]) -> dict[str, list[str]]:
-    return parse_qs(scope.get("query_string", b"").decode("latin1"))
-
-
-def _follow_from_query(user: Any, scope: dict[str, Any]) -> tuple[list[int], list[tuple[str, str]]]:
-    """Topics named by ``?topic=slug`` (repeatable): followed before the replay, so that an
-    anonymous visitor's reconnect replays them too. Returns topic ids and (code, message) errors.
-    """
-    slugs = _query(scope).get("topic", [])
-    if len(slugs) > MAX_QUERY_TOPICS:
-        return [], [("bad_request", f"at most {MAX_QUERY_TOPICS} topics on connect")]
-    topics, errors = [], []
-    for slug in slugs:
-        if not frames.SLUG_RE.match(slug):
-            errors.append(("bad_request", "'topic' must be a topic slug"))
-            continue
-        try:
-            topics.append(services.subscribe(user, slug).pk)
-        except services.TopicError as exc:
-            errors.append((exc.code, str(exc)))
-    return topics, errors
-
-
-def _query_cursor(scope: dict[str, Any]) -> tuple[int | None, str | None]:
-    values = _query(scope).get("cursor")
+def _query_cursor(query: dict[str, list[str]]) -> tuple[int | None, str | None]:
+    values = query.get("cursor")
     if not values:
         return None, None
     value = values[0]

@@ -119,6 +119,8 @@ class Hub:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.horizon = 0
+        # The newest event to everyone fanned out here: an anonymous socket's hello.cursor.
+        self.newest_public = 0
         self.connections: set[Connection] = set()
         self.authenticated: set[Connection] = set()
         self.staff: set[Connection] = set()
@@ -143,7 +145,7 @@ class Hub:
         await asyncio.shield(self._ready)
 
     async def _start(self) -> None:
-        self.horizon = await database_sync_to_async(selectors.stream_cursor)()
+        self.horizon, self.newest_public = await database_sync_to_async(selectors.stream_heads)()
         if self._layer is not None:
             self._channel = await self._layer.new_channel("notifications.hub.")
             await self._join_group()
@@ -363,6 +365,8 @@ class Hub:
                 message["id"], list(self.by_user)
             )
         event_id, frame = message["id"], Frame(message["frame"])
+        if message["reach"] == Reach.EVERYONE:
+            self.newest_public = event_id
         for conn in self._targets(message, local_users if message["users"] is None else None):
             try:
                 await conn.deliver(event_id, frame)

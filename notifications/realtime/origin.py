@@ -20,10 +20,6 @@ from ..conf import notifications_settings
 
 logger = logging.getLogger("notifications.realtime")
 
-# The server's own ASGI send, kept in the scope for the hub's writer: middleware further in
-# (sessions) wraps ``send`` for every message, and the hub's writes need none of that.
-RAW_SEND_KEY = "notifications.server_send"
-
 
 def _normalise(origin: str) -> str | None:
     try:
@@ -72,6 +68,4 @@ class OriginGuard:
             client = scope.get("client") or ("?", 0)
             logger.warning("ws.reject origin=%r client=%s", origin, client[0])
             return await WebsocketDenier()(scope, receive, send)
-        if scope["type"] == "websocket":
-            scope = {**scope, RAW_SEND_KEY: send}
         return await self.application(scope, receive, send)

@@ -1,6 +1,5 @@
-"""The WebSocket application: origin check, session auth, then the consumer."""
+"""The WebSocket application: origin check, then the consumer (which reads the session)."""
 
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from django.urls import path
 
@@ -11,4 +10,4 @@ websocket_urlpatterns = [
     path("ws/notifications/", NotificationConsumer.as_asgi()),
 ]
 
-websocket_application = OriginGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+websocket_application = OriginGuard(URLRouter(websocket_urlpatterns))
