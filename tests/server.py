@@ -89,11 +89,13 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws/notifications/"
 
     def start(self, timeout: float = 20) -> ServerProcess:
-        if self.server == "uvicorn":
+        if self.server.startswith("uvicorn"):
+            # "uvicorn" (--ws websockets) or "uvicorn-websockets-sansio"
+            ws = self.server.partition("-")[2] or "websockets"
             command = [
                 sys.executable, "-m", "uvicorn", "project.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port),
-                "--ws", "websockets", "--ws-per-message-deflate", "false",
+                "--ws", ws, "--ws-per-message-deflate", "false",
                 "--log-level", "warning",
             ]  # fmt: skip
         else:

@@ -19,7 +19,7 @@ from notifications.realtime.transport import AsgiWriter, Frame, writer_for
 
 from .server import ServerProcess
 
-SERVERS = ["daphne", "uvicorn"]
+SERVERS = ["daphne", "uvicorn", "uvicorn-websockets-sansio"]
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
@@ -73,7 +73,7 @@ async def _two_clients_receive(server: ServerProcess) -> None:
 @pytest.mark.parametrize("kind", SERVERS)
 @pytest.mark.parametrize("fast", [True, False])
 async def test_delivery_through_each_writer(kind, fast):
-    writer = {"daphne": "DaphneWriter", "uvicorn": "UvicornWriter"}[kind] if fast else "AsgiWriter"
+    writer = ("DaphneWriter" if kind == "daphne" else "UvicornWriter") if fast else "AsgiWriter"
     env = {"NOTIFICATIONS_POLL_INTERVAL": "0.2", "NOTIFICATIONS_FAST_WRITES": json.dumps(fast)}
     with ServerProcess(server=kind, **env) as server:
         await _two_clients_receive(server)

@@ -10,6 +10,9 @@ the test communicator, gets :class:`AsgiWriter`, the plain ASGI ``send``.
 A fast writer also sees how many bytes wait in the socket's send buffer, so a client that stops
 reading can be cut off (``MAX_BUFFERED_BYTES``) instead of growing server memory; with the
 ASGI fallback that figure is unknown and no cap applies.
+
+These writers reach into the servers' protocol objects (daphne 4.2, uvicorn 0.3x); an
+unknown shape falls back to the ASGI send, and tests/test_transport.py runs every writer.
 """
 
 from __future__ import annotations
@@ -105,13 +108,15 @@ class DaphneWriter:
 
 
 class UvicornWriter:
-    """uvicorn with ``--ws websockets``: write to the asyncio transport."""
+    """uvicorn with ``--ws websockets`` or ``websockets-sansio``: write to the asyncio
+    transport. ``state_holder`` is the object whose ``state`` is the websockets ``State``."""
 
     fast = True
-    __slots__ = ("open_state", "protocol")
+    __slots__ = ("open_state", "protocol", "state_holder")
 
-    def __init__(self, protocol: Any, open_state: Any) -> None:
+    def __init__(self, protocol: Any, state_holder: Any, open_state: Any) -> None:
         self.protocol = protocol
+        self.state_holder = state_holder
         self.open_state = open_state
 
     async def write(self, frame: Frame) -> None:
@@ -119,7 +124,7 @@ class UvicornWriter:
 
     def write_now(self, frame: Frame) -> bool:
         protocol = self.protocol
-        if protocol.state is not self.open_state or protocol.transport is None:
+        if self.state_holder.state is not self.open_state or protocol.transport is None:
             return False
         protocol.transport.write(frame.wire)
         return True
@@ -156,10 +161,12 @@ def _fast_writer(send: Send) -> Writer | None:
         if module == "daphne.ws_protocol" and hasattr(protocol, "STATE_OPEN"):
             return DaphneWriter(protocol)
     owner = getattr(send, "__self__", None)
-    if owner is not None and type(owner).__module__ == (
-        "uvicorn.protocols.websockets.websockets_impl"
-    ):
+    module = type(owner).__module__ if owner is not None else ""
+    if module.startswith("uvicorn.protocols.websockets.websockets"):
         from websockets.protocol import State
 
-        return UvicornWriter(owner, State.OPEN)
+        if module.endswith("websockets_sansio_impl"):
+            return UvicornWriter(owner, owner.conn, State.OPEN)
+        if module.endswith("websockets_impl"):
+            return UvicornWriter(owner, owner, State.OPEN)
     return None
