@@ -77,10 +77,14 @@ class Connection:
         return set(self.topic_ids) | self.anon_topics
 
     async def _write(self, frame: Frame) -> None:
+        if self.writer.fast:
+            self.write_fast(frame)
+        else:
+            await self.writer.write(frame)
+
+    def write_fast(self, frame: Frame) -> None:
+        """Write with a fast writer (no await), unless the client stopped reading."""
         writer = self.writer
-        if not writer.fast:
-            await writer.write(frame)
-            return
         if self.dropped:
             return
         limit = self.max_buffered

@@ -369,7 +369,13 @@ class Hub:
             self.newest_public = event_id
         for conn in self._targets(message, local_users if message["users"] is None else None):
             try:
-                await conn.deliver(event_id, frame)
+                if conn.writer.fast and not conn.paused:
+                    # The hot path: no coroutine per socket, one transport write.
+                    if event_id > conn.position:
+                        conn.position = conn.last_sent = event_id
+                        conn.write_fast(frame)
+                else:
+                    await conn.deliver(event_id, frame)
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
 

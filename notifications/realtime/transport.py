@@ -76,10 +76,16 @@ class DaphneWriter:
     """daphne: write to the autobahn protocol's Twisted transport."""
 
     fast = True
-    __slots__ = ("protocol",)
+    __slots__ = ("protocol", "tcp")
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
+        # Twisted's FileDescriptor keeps unsent bytes in dataBuffer (from offset on) and in
+        # _tempDataBuffer (_tempDataLen bytes). A TLS transport wraps the TCP one.
+        tcp = getattr(protocol, "transport", None)
+        while tcp is not None and not hasattr(tcp, "dataBuffer"):
+            tcp = getattr(tcp, "transport", None)
+        self.tcp = tcp
 
     async def write(self, frame: Frame) -> None:
         self.write_now(frame)
@@ -92,14 +98,10 @@ class DaphneWriter:
         return True
 
     def buffered(self) -> int | None:
-        transport = getattr(self.protocol, "transport", None)
-        # Twisted's FileDescriptor keeps unsent bytes in dataBuffer (from offset on) and in
-        # _tempDataBuffer (_tempDataLen bytes). A TLS transport wraps the TCP one.
-        while transport is not None and not hasattr(transport, "dataBuffer"):
-            transport = getattr(transport, "transport", None)
-        if transport is None:
+        tcp = self.tcp
+        if tcp is None:
             return None
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
 
     def abort(self) -> None:
         transport = getattr(self.protocol, "transport", None)
