@@ -173,6 +173,19 @@ class InboxState(models.Model):
         return f"user {self.user_id} read through {self.read_through}"
 
 
+class MembershipChange(models.Model):
+    """A user's groups, topics or flags changed. Hubs read these rows as well as the layer's
+    message, so that a change made where no channel layer reaches (another process under the
+    in-memory layer, or a lost message) still applies to open sockets."""
+
+    id = models.BigAutoField(primary_key=True)
+    user_id = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} changed at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
 class Broadcast(models.Model):
     """A push composed by staff in the admin. Sending it creates one :class:`Event`."""
 

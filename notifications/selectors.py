@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.paginator import Page, Paginator
 from django.db.models import BooleanField, Exists, ExpressionWrapper, Max, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from .audiences import visible_to
 from .models import Event, InboxState, Reach, ReadMark
@@ -24,6 +26,22 @@ def stream_heads() -> tuple[int, int]:
     """The newest committed event id, and the newest one sent to everyone (0 when none)."""
     heads = Event.objects.aggregate(top=Max("id"), public=Max("id", filter=Q(reach=Reach.EVERYONE)))
     return heads["top"] or 0, heads["public"] or 0
+
+
+def recent_membership_changes(*, seconds: float) -> list[tuple[int, int]]:
+    """(change id, user id) of the membership changes of the last ``seconds``."""
+    from .models import MembershipChange
+
+    since = timezone.now() - timedelta(seconds=seconds)
+    return list(MembershipChange.objects.filter(created_at__gte=since).values_list("id", "user_id"))
+
+
+def prune_membership_changes(*, older_than: float) -> None:
+    from .models import MembershipChange
+
+    MembershipChange.objects.filter(
+        created_at__lt=timezone.now() - timedelta(seconds=older_than)
+    ).delete()
 
 
 def read_through(user: AnyUser) -> int:

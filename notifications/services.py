@@ -30,6 +30,7 @@ from .models import (
     Event,
     InboxState,
     Level,
+    MembershipChange,
     Reach,
     ReadMark,
     Recipient,
@@ -313,6 +314,7 @@ def membership_changed(user_ids: Iterable[int]) -> None:
     """Tell every server process to reload these users' groups, topics and staff flag."""
     ids = sorted(set(user_ids))
     if ids:
+        MembershipChange.objects.bulk_create([MembershipChange(user_id=uid) for uid in ids])
         _on_commit(messages.membership(user_ids=ids))
 
 

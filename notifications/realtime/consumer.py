@@ -46,6 +46,7 @@ class RateLimiter:
 
     def __init__(self) -> None:
         self._windows: dict[Any, list[float]] = {}
+        self._hits = 0
 
     def hit(self, key: Any) -> int:
         """Count one frame; return how many frames are over the limit in this window."""
@@ -54,10 +55,19 @@ class RateLimiter:
         if window is None or now - window[0] >= notifications_settings.RATE_LIMIT_WINDOW:
             window = self._windows[key] = [now, 0.0]
         window[1] += 1
+        self._hits += 1
+        if self._hits % 4096 == 0:
+            self.prune()
         return max(0, int(window[1]) - notifications_settings.RATE_LIMIT_FRAMES)
 
     def forget(self, key: Any) -> None:
         self._windows.pop(key, None)
+
+    def prune(self) -> None:
+        """Drop windows that have ended (a user's budget survives a reconnect until then)."""
+        now, length = time.monotonic(), notifications_settings.RATE_LIMIT_WINDOW
+        for key in [k for k, (start, _) in self._windows.items() if now - start >= length]:
+            del self._windows[key]
 
 
 _limiter = RateLimiter()
@@ -209,8 +219,10 @@ class NotificationConsumer:
             return selectors.Greeting(cursor=start, unread=None)
 
     async def close(self, code: int) -> None:
-        if not self.closing:
-            self.closing = True
+        if self.closing:
+            return
+        self.closing = True
+        if self.conn is None or not self.conn.writer.close_frame(code):
             await self.send({"type": "websocket.close", "code": code})
 
     async def close_from_hub(self, code: int) -> None:
@@ -224,9 +236,7 @@ class NotificationConsumer:
             return
         self.hub.detach(conn)
         if conn.user_id is None:
-            _limiter.forget(conn.id)
-        elif conn.user_id not in self.hub.by_user:  # the user's last socket here
-            _limiter.forget(conn.user_id)
+            _limiter.forget(conn.id)  # an anonymous budget is per connection
         logger.info("ws.disconnect %s code=%s", conn.id, code)
 
     # Frames ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ..models import Event
 
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "notifications.v1"
-SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
+SLUG_RE = re.compile(r"[-a-zA-Z0-9_]{1,50}\Z")
 MAX_ID = 2**63 - 1  # event ids and cursors are 64-bit database integers
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -76,7 +76,7 @@ class ClientFrame:
 
     def slug(self, key: str = "topic") -> str:
         value = self.body.get(key)
-        if not isinstance(value, str) or not SLUG_RE.match(value):
+        if not isinstance(value, str) or not SLUG_RE.match(value):  # match + \Z: whole string
             raise FrameError("bad_request", f"'{key}' must be a topic slug", self.ref)
         return value
 
@@ -108,8 +108,13 @@ def parse(text: str) -> ClientFrame:
     ref = body.get("ref")
     if ref is not None and not (isinstance(ref, str) or _is_int(ref)):
         raise FrameError("bad_request", "'ref' must be a string or an integer")
-    if isinstance(ref, str) and len(ref) > 200:
-        raise FrameError("bad_request", "'ref' is longer than 200 characters")
+    if isinstance(ref, str):
+        if len(ref) > 200:
+            raise FrameError("bad_request", "'ref' is longer than 200 characters")
+        try:
+            ref.encode("utf-8")  # echoed in the answer, which must be valid UTF-8
+        except UnicodeEncodeError:
+            raise FrameError("bad_request", "'ref' is not valid Unicode text") from None
     kind = body.get("type")
     if not isinstance(kind, str):
         raise FrameError("bad_request", "'type' must be a string", ref)

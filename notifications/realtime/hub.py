@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +40,9 @@ from .transport import Frame
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008
+# Seconds of membership changes each poll reads (a time window absorbs clock skew between
+# machines and changes that commit late).
+CHANGE_WINDOW = 60.0
 
 
 def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> list[dict]:
@@ -60,6 +64,15 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
         )
         for event in events
     ]
+
+
+def _load_poll(*, after: int, with_changes: bool) -> tuple[list[dict], list[tuple[int, int]]]:
+    """Events above ``after``, then the recent membership changes. In that order: a change
+    committed before an event that this read returns is committed before the second query
+    starts, so it is seen, and applied before that event is fanned out."""
+    rows = _load_event_messages(after=after, upto=None)
+    changes = selectors.recent_membership_changes(seconds=CHANGE_WINDOW) if with_changes else []
+    return rows, changes
 
 
 def _local_recipients(event_id: int, user_ids: list[int]) -> set[int]:
@@ -129,6 +142,7 @@ class Hub:
         self.by_topic: dict[int, set[Connection]] = defaultdict(set)
         self.by_ip: dict[str, int] = defaultdict(int)
         self._buffer: dict[int, dict[str, Any]] = {}
+        self._seen_changes: dict[int, float] = {}
         self._lock = asyncio.Lock()
         self._gap_task: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
@@ -312,12 +326,29 @@ class Hub:
             await self._settle(rows, top)
 
     async def poll(self) -> None:
-        """Read committed events above the horizon from the database and fan them out."""
-        after = self.horizon
-        rows = await database_sync_to_async(_load_event_messages)(after=after, upto=None)
+        """Read committed events above the horizon from the database and fan them out, after
+        applying the membership changes the layer did not bring."""
+        rows, changes = await database_sync_to_async(_load_poll)(
+            after=self.horizon, with_changes=bool(self.by_user)
+        )
+        await self._apply_membership_changes(changes)
         if rows:
             async with self._lock:
                 await self._settle(rows, rows[-1]["id"])
+
+    async def _apply_membership_changes(self, changes: list[tuple[int, int]]) -> None:
+        # A time window, not an id cursor: change ids may commit out of order. Reloading is
+        # idempotent; _seen_changes keeps one change from being applied once per poll.
+        now = time.monotonic()
+        users = {uid for cid, uid in changes if cid not in self._seen_changes}
+        for change_id, _ in changes:
+            self._seen_changes.setdefault(change_id, now)
+        for change_id in [
+            c for c, seen in self._seen_changes.items() if now - seen > 2 * CHANGE_WINDOW
+        ]:
+            del self._seen_changes[change_id]
+        if users:
+            await self._reload_members(sorted(users))
 
     async def _poll_forever(self) -> None:
         ticks = 0
@@ -328,6 +359,10 @@ class Hub:
                 ticks += 1
                 if ticks % 30 == 0:  # group membership expires in the layer; renew it
                     await self._join_group()
+                if ticks % 600 == 0:
+                    await database_sync_to_async(selectors.prune_membership_changes)(
+                        older_than=10 * CHANGE_WINDOW
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -395,7 +430,7 @@ class Hub:
         for user_id in local:
             for conn in list(self.by_user.get(user_id, ())):
                 if user_id not in users:  # deactivated or deleted
-                    await conn.close(CLOSE_POLICY)
+                    await self._close(conn, CLOSE_POLICY)
                     continue
                 membership, unread = users[user_id]
                 before = (conn.is_staff, conn.group_ids, conn.topic_ids)
@@ -408,9 +443,16 @@ class Hub:
                 # cannot know, so tell it (PROTOCOL.md, `unread`).
                 await conn.send_control(Frame(frames.encode({"type": "unread", "count": unread})))
 
+    async def _close(self, conn: Connection, code: int) -> None:
+        """Close one socket; a failure there must not spare the others."""
+        try:
+            await conn.close(code)
+        except Exception:
+            logger.exception("closing %s failed", conn.id)
+
     async def _close_sessions(self, session_keys: set[str]) -> None:
         for conn in [c for c in self.authenticated if c.session_key in session_keys]:
-            await conn.close(CLOSE_POLICY)
+            await self._close(conn, CLOSE_POLICY)
 
     async def check_sessions(self) -> None:
         """Close sockets whose session ended or whose user was deactivated (1008)."""
@@ -422,7 +464,7 @@ class Hub:
         for conn in conns:
             if (conn.session_key, conn.user_id) in invalid:
                 logger.info("closing %s: session ended or user inactive", conn.id)
-                await conn.close(CLOSE_POLICY)
+                await self._close(conn, CLOSE_POLICY)
 
     async def _check_sessions_forever(self) -> None:
         while True:

@@ -21,7 +21,8 @@ from ..conf import notifications_settings
 logger = logging.getLogger("notifications.realtime")
 
 
-def _normalise(origin: str) -> str | None:
+def _parse(origin: str) -> tuple[str, str] | None:
+    """(``scheme://host:port`` with the default port filled in, host as Django writes it)."""
     try:
         parts = urlsplit(origin.strip().lower())
         port = parts.port
@@ -29,17 +30,24 @@ def _normalise(origin: str) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
+    # IPv6 literals keep their brackets, as in ALLOWED_HOSTS ("[::1]").
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     default = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{parts.hostname}:{port or default}"
+    return f"{parts.scheme}://{host}:{port or default}", host
+
+
+def _normalise(origin: str) -> str | None:
+    parsed = _parse(origin)
+    return parsed[0] if parsed else None
 
 
 def origin_allowed(origin: str | None) -> bool:
     if origin is None:
         return bool(notifications_settings.ALLOW_MISSING_ORIGIN)
-    normalised = _normalise(origin)
-    if normalised is None:  # "null", opaque or malformed origins
+    parsed = _parse(origin)
+    if parsed is None:  # "null", opaque or malformed origins
         return False
-    host = urlsplit(normalised).hostname or ""
+    normalised, host = parsed
     allowed_hosts = list(settings.ALLOWED_HOSTS)
     if settings.DEBUG and not allowed_hosts:
         allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]

@@ -71,6 +71,10 @@ class AsgiWriter:
     def abort(self) -> None:
         """Nothing to abort from here: the caller closes through ASGI."""
 
+    def close_frame(self, code: int) -> bool:
+        """Start the closing handshake here; False: the caller closes through ASGI."""
+        return False
+
 
 class DaphneWriter:
     """daphne: write to the autobahn protocol's Twisted transport."""
@@ -108,6 +112,17 @@ class DaphneWriter:
         if transport is not None:
             transport.abortConnection()
 
+    def close_frame(self, code: int) -> bool:
+        # daphne's ASGI close goes through autobahn's sendClose, which refuses every code but
+        # 1000 and 3000-4999 (a close *requested by an application* in autobahn's reading), so
+        # 1008 and 1009 would become an exception and then 1011. Send the frame directly.
+        # https://github.com/django/daphne/issues/374, crossbario/autobahn-python#1642
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return False
+        protocol.sendCloseFrame(code=code, isReply=False)
+        return True
+
 
 class UvicornWriter:
     """uvicorn with ``--ws websockets`` or ``websockets-sansio``: write to the asyncio
@@ -138,6 +153,9 @@ class UvicornWriter:
     def abort(self) -> None:
         if self.protocol.transport is not None:
             self.protocol.transport.abort()
+
+    def close_frame(self, code: int) -> bool:
+        return False  # uvicorn's ASGI close accepts every code the protocol allows
 
 
 Writer = AsgiWriter | DaphneWriter | UvicornWriter
