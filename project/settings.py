@@ -105,6 +105,9 @@ if REDIS_URL:
                 # The hub's channel receives every event for this process.
                 "capacity": 10_000,
                 "expiry": 30,
+                # Hubs renew their membership every minute; a process that died without
+                # leaving drops out after five.
+                "group_expiry": 300,
             },
         }
     }

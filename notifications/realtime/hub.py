@@ -43,6 +43,7 @@ CLOSE_POLICY = 1008
 # Seconds of membership changes each poll reads (a time window absorbs clock skew between
 # machines and changes that commit late).
 CHANGE_WINDOW = 60.0
+GROUP_RENEW_SECONDS = 60.0
 
 
 def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> list[dict]:
@@ -154,7 +155,14 @@ class Hub:
 
     async def ready(self) -> None:
         """Start on first use; concurrent callers share one start."""
-        if self._ready is None:
+        failed = (
+            self._ready is not None
+            and self._ready.done()
+            and (self._ready.cancelled() or self._ready.exception() is not None)
+        )
+        if self._ready is None or failed:
+            # A start that failed (database down at the first socket) is tried again by
+            # the next socket instead of refusing every handshake until a restart.
             self._ready = asyncio.ensure_future(self._start())
         await asyncio.shield(self._ready)
 
@@ -162,8 +170,8 @@ class Hub:
         self.horizon, self.newest_public = await database_sync_to_async(selectors.stream_heads)()
         if self._layer is not None:
             self._channel = await self._layer.new_channel("notifications.hub.")
-            await self._join_group()
             self._tasks.append(asyncio.ensure_future(self._listen()))
+            self._tasks.append(asyncio.ensure_future(self._renew_group_forever()))
         self._tasks.append(asyncio.ensure_future(self._poll_forever()))
         self._tasks.append(asyncio.ensure_future(self._check_sessions_forever()))
         logger.info("hub started at cursor %s", self.horizon)
@@ -255,8 +263,29 @@ class Hub:
 
     # Incoming layer messages ------------------------------------------------------------------
 
+    async def _renew_group_forever(self) -> None:
+        # The layer forgets group members after its group_expiry (300 s in the project's
+        # settings), which also clears the channels of processes that died without leaving.
+        while True:
+            await asyncio.sleep(GROUP_RENEW_SECONDS)
+            try:
+                await self._join_group()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("could not renew the hub's group membership; retrying")
+
     async def _listen(self) -> None:
         assert self._layer is not None and self._channel is not None
+        while True:  # join first; the layer may be down at start (the poll covers meanwhile)
+            try:
+                await self._join_group()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("channel layer unavailable at start; retrying in 1 s")
+                await asyncio.sleep(1)
         while True:
             try:
                 message = await self._layer.receive(self._channel)
@@ -321,7 +350,11 @@ class Hub:
         if not self._buffer:
             return
         after, top = self.horizon, max(self._buffer)
-        rows = await database_sync_to_async(_load_event_messages)(after=after, upto=top)
+        try:
+            rows = await database_sync_to_async(_load_event_messages)(after=after, upto=top)
+        except Exception:
+            logger.exception("settling a gap failed; the next poll retries")
+            return
         async with self._lock:
             await self._settle(rows, top)
 
@@ -357,8 +390,6 @@ class Hub:
             try:
                 await self.poll()
                 ticks += 1
-                if ticks % 30 == 0:  # group membership expires in the layer; renew it
-                    await self._join_group()
                 if ticks % 600 == 0:
                     await database_sync_to_async(selectors.prune_membership_changes)(
                         older_than=10 * CHANGE_WINDOW
