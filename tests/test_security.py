@@ -673,3 +673,27 @@ async def test_incomplete_handshake_dropped_within_15s(server):
     finally:
         for _, writer in clients:
             writer.close()
+
+
+@server_test
+@pytest.mark.asyncio
+async def test_policy_closes_work_on_daphne_without_fast_writes(amake_user):
+    """daphne refuses 1008/1009 through its ASGI close (django/daphne#374); the consumer sends
+    those frames itself also when FAST_WRITES is off."""
+    alice = await amake_user("alice")
+    cookie = await db(session_cookie)(alice)
+    with ServerProcess(NOTIFICATIONS_FAST_WRITES="false") as plain:
+        async with ws_connect(plain.ws_url, origin=plain.origin) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
+            await ws.send(json.dumps({"type": "ping", "pad": "x" * 70_000}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["code"] == "too_large"
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            assert ws.close_code == 1009
+        async with ws_connect(
+            plain.ws_url, origin=plain.origin, additional_headers={"Cookie": cookie}
+        ) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["user"] == "alice"
+            await db(Session.objects.all().delete)()
+            await asyncio.wait_for(ws.wait_closed(), 8)
+            assert ws.close_code == 1008
+    assert "writer=AsgiWriter" in plain.output()

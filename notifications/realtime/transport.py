@@ -57,10 +57,11 @@ class AsgiWriter:
     """The portable path: one ``websocket.send`` ASGI message per frame."""
 
     fast = False
-    __slots__ = ("send",)
+    __slots__ = ("closer", "send")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, closer: Callable[[int], bool] | None = None) -> None:
         self.send = send
+        self.closer = closer
 
     async def write(self, frame: Frame) -> None:
         await self.send({"type": "websocket.send", "text": frame.text})
@@ -73,7 +74,7 @@ class AsgiWriter:
 
     def close_frame(self, code: int) -> bool:
         """Start the closing handshake here; False: the caller closes through ASGI."""
-        return False
+        return self.closer(code) if self.closer is not None else False
 
 
 class DaphneWriter:
@@ -163,15 +164,15 @@ Writer = AsgiWriter | DaphneWriter | UvicornWriter
 
 def writer_for(send: Send, *, allow_fast: bool = True) -> Writer:
     """The fastest writer that ``send`` (the server's own ASGI send) allows."""
-    if allow_fast:
-        try:
-            fast = _fast_writer(send)
-        except Exception:  # an unknown server version: fall back, never fail the socket
-            logger.debug("no fast writer for %r", send, exc_info=True)
-            fast = None
-        if fast is not None:
-            return fast
-    return AsgiWriter(send)
+    try:
+        fast = _fast_writer(send)
+    except Exception:  # an unknown server version: fall back, never fail the socket
+        logger.debug("no fast writer for %r", send, exc_info=True)
+        fast = None
+    if fast is not None and allow_fast:
+        return fast
+    # Even on the ASGI path, daphne needs its close frames sent directly (see close_frame).
+    return AsgiWriter(send, closer=fast.close_frame if isinstance(fast, DaphneWriter) else None)
 
 
 def _fast_writer(send: Send) -> Writer | None:
