@@ -146,3 +146,29 @@ def test_cli_errors_exit_1_and_store_nothing(make_user):
     from notifications.models import Event
 
     assert Event.objects.count() == 0
+
+
+@pytest.mark.redis
+def test_sync_publishing_reuses_one_loop_and_connection_pool():
+    """notify() from sync code (a script, a worker) publishes on one long-lived loop, not a
+    new loop (and a new Redis connection pool) per call."""
+    from django.test import override_settings
+
+    from notifications.realtime import publish
+
+    require_service(
+        "redis",
+        port_open("127.0.0.1", 6379) or "REDIS_URL" in os.environ,
+        "Redis is not running: start redis-server on 127.0.0.1:6379 or set REDIS_URL",
+    )
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        publish.publish_raw({"type": "notifications.ping"})
+        loop = publish._publisher.get()
+        publish.publish_raw({"type": "notifications.ping"})
+        assert publish._publisher.get() is loop and loop.is_running()
