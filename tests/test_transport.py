@@ -131,3 +131,29 @@ async def test_client_that_stops_reading_is_dropped_and_others_are_unaffected(ki
         # The server is healthy: a new client gets its hello.
         async with ws_connect(server.ws_url, origin=server.origin) as again:
             assert json.loads(await asyncio.wait_for(again.recv(), 5))["type"] == "hello"
+
+
+@pytest.mark.server
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_sockets_that_vanish_mid_answer_leave_the_hub(kind, amake_user):
+    """A client that sends a frame and drops the connection before the answer: the answer's
+    send fails, and the socket must still leave the hub (else the user's cap fills up)."""
+    from .support import session_cookie
+
+    alice = await amake_user("alice")
+    cookie = await db(session_cookie)(alice)
+    env = {"NOTIFICATIONS_MAX_CONNECTIONS_PER_USER": "3"}
+    with ServerProcess(server=kind, **env) as server:
+        for _ in range(12):
+            async with ws_connect(
+                server.ws_url, origin=server.origin, additional_headers={"Cookie": cookie}
+            ) as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
+                await ws.send(json.dumps({"type": "read_all"}))
+                ws.transport.abort()  # gone before the answer
+        async with ws_connect(
+            server.ws_url, origin=server.origin, additional_headers={"Cookie": cookie}
+        ) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["user"] == "alice"

@@ -112,18 +112,29 @@ class NotificationConsumer:
         return app
 
     async def run(self) -> None:
-        while True:
-            message = await self.receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                if not self.closing:
-                    await self.on_frame(message.get("text"), message.get("bytes"))
-            elif kind == "websocket.connect":
-                if not await self.on_connect():
-                    return  # refused before accept
-            elif kind == "websocket.disconnect":
-                self.on_disconnect(message.get("code"))
-                return
+        code = None
+        try:
+            while True:
+                message = await self.receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    if not self.closing:
+                        await self.on_frame(message.get("text"), message.get("bytes"))
+                elif kind == "websocket.connect":
+                    if not await self.on_connect():
+                        return  # refused before accept
+                elif kind == "websocket.disconnect":
+                    code = message.get("code")
+                    return
+        except Exception:
+            # Typically a send to a client that has just gone: the server raises (uvicorn)
+            # or refuses it, and the disconnect message may never be read.
+            logger.info(
+                "ws.error %s: the socket failed", self.conn.id if self.conn else "-", exc_info=True
+            )
+        finally:
+            # However the socket ends, it leaves the hub (else a user's cap fills up).
+            self.on_disconnect(code)
 
     # Handshake -------------------------------------------------------------------------------
 
@@ -234,6 +245,7 @@ class NotificationConsumer:
         conn = self.conn
         if conn is None:
             return
+        self.conn = None
         self.hub.detach(conn)
         if conn.user_id is None:
             _limiter.forget(conn.id)  # an anonymous budget is per connection

@@ -1,0 +1,1 @@
+"""Autobahn|Testsuite conformance runs (see README.md here)."""
