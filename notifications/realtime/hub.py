@@ -44,6 +44,7 @@ CLOSE_POLICY = 1008
 # machines and changes that commit late).
 CHANGE_WINDOW = 60.0
 GROUP_RENEW_SECONDS = 60.0
+SESSION_CHECK_SLICES = 10
 
 
 def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> list[dict]:
@@ -485,9 +486,9 @@ class Hub:
         for conn in [c for c in self.authenticated if c.session_key in session_keys]:
             await self._close(conn, CLOSE_POLICY)
 
-    async def check_sessions(self) -> None:
+    async def check_sessions(self, conns: list[Connection] | None = None) -> None:
         """Close sockets whose session ended or whose user was deactivated (1008)."""
-        conns = list(self.authenticated)
+        conns = list(self.authenticated) if conns is None else conns
         if not conns:
             return
         pairs = list({(conn.session_key, conn.user_id) for conn in conns})
@@ -498,10 +499,20 @@ class Hub:
                 await self._close(conn, CLOSE_POLICY)
 
     async def _check_sessions_forever(self) -> None:
+        # Every socket is checked once per SESSION_CHECK_INTERVAL, a slice at a time: one
+        # check of 10,000 sessions at once held the event loop (through the GIL) for long
+        # enough to show in delivery latency.
+        queue: list[Connection] = []
         while True:
-            await asyncio.sleep(notifications_settings.SESSION_CHECK_INTERVAL)
+            interval = notifications_settings.SESSION_CHECK_INTERVAL
+            tick = interval / SESSION_CHECK_SLICES
+            await asyncio.sleep(tick)
             try:
-                await self.check_sessions()
+                if not queue:
+                    queue = list(self.authenticated)
+                    per_tick = max(1, -(-len(queue) // SESSION_CHECK_SLICES))
+                batch, queue = queue[:per_tick], queue[per_tick:]
+                await self.check_sessions([c for c in batch if c in self.authenticated])
             except asyncio.CancelledError:
                 raise
             except Exception:
