@@ -1,0 +1,1 @@
+"""Benchmark harness for the notification server (see bench/README.md and docs/performance.md)."""
