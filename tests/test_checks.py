@@ -42,3 +42,36 @@ def test_settings_reload_on_override():
     with override_settings(NOTIFICATIONS={"REPLAY_LIMIT": 7}):
         assert notifications_settings.REPLAY_LIMIT == 7
     assert notifications_settings.REPLAY_LIMIT == 200
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    """`manage.py check --deploy` in a fresh process with the production environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL", "NOTIFICATIONS_"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY="x9!" * 20 + "production-secret-key-for-the-check",
+        DJANGO_ALLOWED_HOSTS="app.example.com",
+        DATABASE_URL="postgres://app@db.internal:5432/app",
+        REDIS_URL="redis://redis.internal:6379/0",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
