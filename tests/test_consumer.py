@@ -525,3 +525,9 @@ async def test_ids_and_cursors_beyond_64_bits(connect, amake_user):
     assert (await sock.expect("error"))["code"] == "bad_request"
     await sock.send({"type": "read", "ids": [2**63, 2**70], "ref": 1})
     assert await sock.expect("unread") == {"type": "unread", "count": 0, "ref": 1}
+
+
+async def test_unknown_path_is_refused():
+    sock = Socket(path="/ws/other/")
+    connected, _ = await sock.communicator.connect(timeout=5)
+    assert connected is False

@@ -1,13 +1,33 @@
-"""The WebSocket application: origin check, then the consumer (which reads the session)."""
+"""The WebSocket application: origin check, then the consumer (which reads the session).
 
-from channels.routing import URLRouter
+``websocket_application`` serves only ``/ws/notifications/`` and calls the consumer directly:
+no URL resolution and no copy of the scope per socket (a URLRouter would add both, and a
+coroutine frame that lives as long as the socket). To mount the consumer beside your own
+routes, use ``websocket_urlpatterns`` in your URLRouter, inside ``OriginGuard``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.security.websocket import WebsocketDenier
 from django.urls import path
 
 from .consumer import NotificationConsumer
 from .origin import OriginGuard
 
+WEBSOCKET_PATH = "/ws/notifications/"
+
 websocket_urlpatterns = [
-    path("ws/notifications/", NotificationConsumer.as_asgi()),
+    path(WEBSOCKET_PATH.lstrip("/"), NotificationConsumer.as_asgi()),
 ]
 
-websocket_application = OriginGuard(URLRouter(websocket_urlpatterns))
+
+async def _endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope.get("path") != WEBSOCKET_PATH:
+        await WebsocketDenier()(scope, receive, send)  # an unknown path: 403
+        return
+    await NotificationConsumer(scope, receive, send).run()
+
+
+websocket_application = OriginGuard(_endpoint)
