@@ -1,4 +1,4 @@
-# The notifications project: daphne serving HTTP and WebSocket on port 8000.
+# The notifications project: uvicorn (websockets-sansio) serving HTTP and WebSocket on port 8000.
 # Production settings come from the environment (docs/deployment.md, docs/settings.md).
 FROM python:3.12-slim
 
@@ -30,7 +30,13 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "deploy/healthcheck.py"]
 
-# The endpoint syntax (instead of -b/-p) raises the listen backlog from Twisted's default
-# of 50, for the reconnect burst after a restart. --proxy-headers: the client address and
-# scheme come from the load balancer's X-Forwarded-For / X-Forwarded-Proto.
-CMD ["daphne", "-e", "tcp:port=8000:interface=0.0.0.0:backlog=4096", "--proxy-headers", "project.asgi:application"]
+# The production server (docs/deployment.md; why uvicorn with websockets-sansio:
+# docs/performance.md, "Server choice"). One process, one event loop, one hub per container.
+# --ws-max-size: a client frame is buffered whole before the app's 64 KiB check; 1 MiB, as
+# daphne's limit (uvicorn's default is 16 MiB). --backlog: the reconnect burst after a restart.
+# --proxy-headers: the client address and scheme come from X-Forwarded-For / X-Forwarded-Proto.
+# --forwarded-allow-ips "*" trusts those headers from any peer. That is right in compose.yaml:
+# port 8000 is not published, only nginx on the private network sends requests, and it
+# overwrites both headers. When the port is exposed directly, narrow it to the load
+# balancer's addresses, or any client can choose its own address and scheme.
+CMD ["uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-max-size", "1048576", "--http", "httptools", "--loop", "uvloop", "--backlog", "4096", "--proxy-headers", "--forwarded-allow-ips", "*", "--log-level", "warning"]
