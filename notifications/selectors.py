@@ -8,7 +8,16 @@ from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.paginator import Page, Paginator
-from django.db.models import BooleanField, Exists, ExpressionWrapper, Max, OuterRef, Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+)
 from django.utils import timezone
 
 from .audiences import visible_to
@@ -91,13 +100,19 @@ def greeting(
 ) -> Greeting:
     """What ``hello`` says: the newest event id the socket may see (up to ``upto``, 0 if
     none) and the unread count up to ``counted_to`` (None for anonymous visitors)."""
-    newest = (
-        Event.objects.filter(
-            visible_to(user, extra_topic_ids=extra_topic_ids), id__lte=upto
-        ).aggregate(top=Max("id"))["top"]
-        or 0
+    visible = Event.objects.filter(visible_to(user, extra_topic_ids=extra_topic_ids))
+    if not user.is_authenticated:
+        newest = visible.filter(id__lte=upto).aggregate(top=Max("id"))["top"]
+        return Greeting(cursor=newest or 0, unread=None)
+    # One query for both figures: building the audience filter costs more than running it,
+    # and a signed-in handshake waits for this.
+    unread = Q(id__gt=read_through(user), id__lte=counted_to) & ~Exists(
+        ReadMark.objects.filter(user=user, event=OuterRef("pk"))
     )
-    return Greeting(cursor=newest, unread=unread_count(user, upto=counted_to))
+    row = visible.filter(id__lte=max(upto, counted_to)).aggregate(
+        top=Max("id", filter=Q(id__lte=upto)), unread=Count("id", filter=unread)
+    )
+    return Greeting(cursor=row["top"] or 0, unread=row["unread"])
 
 
 @dataclass(frozen=True)
