@@ -44,7 +44,7 @@ CLOSE_POLICY = 1008
 # machines and changes that commit late).
 CHANGE_WINDOW = 60.0
 GROUP_RENEW_SECONDS = 60.0
-SESSION_CHECK_SLICES = 40
+SESSION_CHECK_SLICES = 10
 
 
 def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> list[dict]:
