@@ -1,15 +1,16 @@
 """Who receives an event: resolving ``notify()``'s ``recipients`` and matching users to events.
 
-Three views of the same rule live here, side by side, so that they cannot drift apart:
+The same rule is written three times, and each must change with the others:
 :func:`visible_to` (a query: events a user may see, for the inbox and replay),
 :func:`audience_users` (a query: users an event reaches, for counts and read statistics) and
-the hub's in-memory matcher, which consumes :meth:`Audience.as_message`.
+the hub's in-memory matcher (``Hub._targets``, which reads the event message built in
+``services.notify`` and matches it against each socket's :class:`Membership`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -63,7 +64,6 @@ class Membership:
     is_staff: bool = False
     group_ids: frozenset[int] = frozenset()
     topic_ids: frozenset[int] = frozenset()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _pk(obj: Any, kind: str) -> int:
