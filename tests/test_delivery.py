@@ -209,3 +209,22 @@ async def test_postgres_orders_event_commits_with_an_advisory_lock(amake_user):
         release.set()
         await db(worker.join)(5)
     assert await db(advisory_locks)() == 0
+
+
+async def test_recipient_lists_too_long_to_inline_are_looked_up(connect, amake_user):
+    """Past MAX_INLINE_RECIPIENTS the message carries no user list: the hub asks the
+    database which of its own users are recipients, and copes with having none."""
+    from notifications import Audience
+    from notifications.models import Topic
+
+    alice, bob = await amake_user("alice"), await amake_user("bob")
+    await db(Topic.objects.create)(name="News", slug="news")
+    with override_settings(NOTIFICATIONS={"MAX_INLINE_RECIPIENTS": 1}):
+        anon = await connect()  # follows the topic; no signed-in socket here yet
+        await anon.send({"type": "subscribe", "topic": "news"})
+        await anon.expect("subscribed")
+        both = await db(lambda: notify(Audience(users=[alice, bob], topic="news"), "both"))()
+        assert (await anon.expect("notification"))["id"] == both.id
+        sock = await connect(alice)
+        event = await db(notify)([alice, bob], "to two users")
+        assert (await sock.expect("notification"))["id"] == event.id

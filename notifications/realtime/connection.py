@@ -109,6 +109,17 @@ class Connection:
         else:
             await self._write(frame)
 
+    def offer(self, event_id: int, frame: Frame) -> bool:
+        """Handle a live event without awaiting when possible (a fast writer, not paused);
+        False: the caller must ``await deliver()``."""
+        if event_id <= self.position:
+            return True
+        if self.paused or not self.writer.fast:
+            return False
+        self.position = self.last_sent = event_id
+        self.write_fast(frame)
+        return True
+
     async def deliver(self, event_id: int, frame: Frame) -> None:
         """Send a live event unless this socket has it already; queue it while paused."""
         if event_id <= self.position:

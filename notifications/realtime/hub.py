@@ -400,9 +400,7 @@ class Hub:
             except Exception:
                 logger.exception("hub poll failed")
 
-    def _targets(
-        self, message: dict[str, Any], local_users: set[int] | None
-    ) -> Iterable[Connection]:
+    def _targets(self, message: dict[str, Any], users: Iterable[int]) -> Iterable[Connection]:
         reach = message["reach"]
         if reach == Reach.EVERYONE:
             return list(self.connections)
@@ -411,7 +409,6 @@ class Hub:
             parts.append(self.authenticated)
         elif reach == Reach.STAFF:
             parts.append(self.staff)
-        users = message["users"] if local_users is None else local_users
         for user_id in users:
             if user_id in self.by_user:
                 parts.append(self.by_user[user_id])
@@ -426,22 +423,20 @@ class Hub:
         return set().union(*parts)
 
     async def _fan_out(self, message: dict[str, Any]) -> None:
-        local_users = None
-        if message["users"] is None and self.by_user:
-            local_users = await database_sync_to_async(_local_recipients)(
-                message["id"], list(self.by_user)
+        users = message["users"]
+        if users is None:  # too many to carry: which of them are connected here?
+            users = (
+                await database_sync_to_async(_local_recipients)(message["id"], list(self.by_user))
+                if self.by_user
+                else ()
             )
         event_id, frame = message["id"], Frame(message["frame"])
         if message["reach"] == Reach.EVERYONE:
             self.newest_public = event_id
-        for conn in self._targets(message, local_users if message["users"] is None else None):
+        for conn in self._targets(message, users):
             try:
-                if conn.writer.fast and not conn.paused:
-                    # The hot path: no coroutine per socket, one transport write.
-                    if event_id > conn.position:
-                        conn.position = conn.last_sent = event_id
-                        conn.write_fast(frame)
-                else:
+                # The hot path writes at once; only a paused or ASGI-only socket is awaited.
+                if not conn.offer(event_id, frame):
                     await conn.deliver(event_id, frame)
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
