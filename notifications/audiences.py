@@ -20,7 +20,6 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from .models import Event, Reach, Recipient, Subscription, Topic
 
 EVERYONE = "everyone"
-_REACH_ORDER = [Reach.TARGETED, Reach.STAFF, Reach.AUTHENTICATED, Reach.EVERYONE]
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,3 @@ def visible_to(user: AbstractBaseUser | AnonymousUser, *, extra_topic_ids: Itera
         | Exists(Topic.groups.through.objects.filter(topic=OuterRef("topic"), group__user=user))
     )
     return q
-
-
-def widest_reach(*reaches: str) -> str:
-    return max(reaches, key=_REACH_ORDER.index)
