@@ -34,9 +34,10 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 # docs/performance.md, "Server choice"). One process, one event loop, one hub per container.
 # --ws-max-size: a client frame is buffered whole before the app's 64 KiB check; 1 MiB, as
 # daphne's limit (uvicorn's default is 16 MiB). --backlog: the reconnect burst after a restart.
+# --http: httptools with a deadline on the request head (NOTIFICATIONS REQUEST_HEAD_TIMEOUT).
 # --proxy-headers: the client address and scheme come from X-Forwarded-For / X-Forwarded-Proto.
 # --forwarded-allow-ips "*" trusts those headers from any peer. That is right in compose.yaml:
 # port 8000 is not published, only nginx on the private network sends requests, and it
 # overwrites both headers. When the port is exposed directly, narrow it to the load
 # balancer's addresses, or any client can choose its own address and scheme.
-CMD ["uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-max-size", "1048576", "--http", "httptools", "--loop", "uvloop", "--backlog", "4096", "--proxy-headers", "--forwarded-allow-ips", "*", "--log-level", "warning"]
+CMD ["uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-max-size", "1048576", "--http", "notifications.realtime.uvicorn_http:HttpToolsProtocol", "--loop", "uvloop", "--backlog", "4096", "--proxy-headers", "--forwarded-allow-ips", "*", "--log-level", "warning"]

@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     # Bytes that may wait in one socket's send buffer (a client that stops reading) before the
     # server drops it; it catches up on reconnect. Needs a fast writer; None for no cap.
     "MAX_BUFFERED_BYTES": 1024 * 1024,
+    # Seconds a client has to send a complete HTTP request head (the WebSocket upgrade
+    # included) before uvicorn with notifications.realtime.uvicorn_http drops it; None: off.
+    "REQUEST_HEAD_TIMEOUT": 10.0,
 }
 
 

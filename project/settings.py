@@ -169,6 +169,7 @@ for _key in (
     "RATE_LIMIT_FRAMES",
     "RATE_LIMIT_WINDOW",
     "ALLOW_MISSING_ORIGIN",
+    "REQUEST_HEAD_TIMEOUT",
 ):
     if os.environ.get(f"NOTIFICATIONS_{_key}"):
         NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])

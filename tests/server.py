@@ -96,6 +96,8 @@ class ServerProcess:
                 sys.executable, "-m", "uvicorn", "project.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--ws", ws, "--ws-per-message-deflate", "false",
+                # As the Dockerfile: the head deadline of docs/security.md.
+                "--http", "notifications.realtime.uvicorn_http:HttpToolsProtocol",
                 "--log-level", "warning",
             ]  # fmt: skip
         else:

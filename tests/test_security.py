@@ -677,6 +677,65 @@ async def test_incomplete_handshake_dropped_within_15s(server):
 
 @server_test
 @pytest.mark.asyncio
+@pytest.mark.parametrize("ws", ["websockets-sansio", "websockets"])
+async def test_incomplete_handshake_dropped_on_the_production_server(ws, amake_user):
+    """uvicorn with notifications.realtime.uvicorn_http (the Dockerfile's server) drops a
+    half-sent upgrade, a silent connection and a client trickling a byte a second once
+    REQUEST_HEAD_TIMEOUT passes, while a complete handshake on the same server goes on."""
+    with ServerProcess(server=f"uvicorn-{ws}", NOTIFICATIONS_REQUEST_HEAD_TIMEOUT="2") as uv:
+        clients = await _stalled_clients(uv.port, 2)
+        trickler = await asyncio.open_connection("127.0.0.1", uv.port)
+        request = upgrade_request(uv.port)
+
+        async def trickle() -> None:
+            for byte in request[:-4]:  # never the final blank line
+                trickler[1].write(bytes([byte]))
+                await trickler[1].drain()
+                await asyncio.sleep(0.5)
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            async with ws_connect(uv.ws_url, origin=uv.origin) as ws_ok:
+                assert json.loads(await asyncio.wait_for(ws_ok.recv(), 5))["type"] == "hello"
+                readers = [reader for reader, _ in clients] + [trickler[0]]
+                elapsed = await asyncio.gather(*(dropped_within(r, 10) for r in readers))
+                assert None not in elapsed, elapsed
+                assert all(1.5 < seconds < 6 for seconds in elapsed), elapsed
+                # The upgraded socket is past its head: the deadline does not touch it.
+                await ws_ok.send('{"type": "ping"}')
+                assert json.loads(await asyncio.wait_for(ws_ok.recv(), 5)) == {"type": "pong"}
+        finally:
+            trickling.cancel()
+            for _, writer in [*clients, trickler]:
+                writer.close()
+
+
+@server_test
+@pytest.mark.asyncio
+async def test_keep_alive_connection_gets_the_head_deadline_again():
+    """After a response, an idle keep-alive connection that starts a next request and stalls
+    is dropped by the same deadline."""
+    with ServerProcess(
+        server="uvicorn-websockets-sansio", NOTIFICATIONS_REQUEST_HEAD_TIMEOUT="2"
+    ) as uv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", uv.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+            await asyncio.wait_for(reader.readexactly(length), 5)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line
+            await writer.drain()
+            elapsed = await dropped_within(reader, 10)
+            assert elapsed is not None and elapsed < 6, elapsed
+        finally:
+            writer.close()
+
+
+@server_test
+@pytest.mark.asyncio
 async def test_policy_closes_work_on_daphne_without_fast_writes(amake_user):
     """daphne refuses 1008/1009 through its ASGI close (django/daphne#374); the consumer sends
     those frames itself also when FAST_WRITES is off."""
