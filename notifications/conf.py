@@ -55,6 +55,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a client has to send a complete HTTP request head (the WebSocket upgrade
     # included) before uvicorn with notifications.realtime.uvicorn_http drops it; None: off.
     "REQUEST_HEAD_TIMEOUT": 10.0,
+    # Seconds between gc.freeze() calls while the process serves sockets, which keeps the
+    # cyclic collector's full pauses short (realtime/gcpolicy.py); None: leave gc alone.
+    "GC_FREEZE_INTERVAL": 10.0,
+    # Seconds between planned full collections of the frozen objects; None: never.
+    "GC_FULL_COLLECT_INTERVAL": 600.0,
 }
 
 

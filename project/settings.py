@@ -170,6 +170,8 @@ for _key in (
     "RATE_LIMIT_WINDOW",
     "ALLOW_MISSING_ORIGIN",
     "REQUEST_HEAD_TIMEOUT",
+    "GC_FREEZE_INTERVAL",
+    "GC_FULL_COLLECT_INTERVAL",
 ):
     if os.environ.get(f"NOTIFICATIONS_{_key}"):
         NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])

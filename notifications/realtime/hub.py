@@ -35,6 +35,7 @@ from ..conf import notifications_settings
 from ..models import Reach, Recipient
 from . import frames, messages
 from .connection import Connection
+from .gcpolicy import GcPolicy
 from .transport import Frame
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class Hub:
         self._ready: asyncio.Task | None = None
         self._layer = get_channel_layer(notifications_settings.CHANNEL_LAYER)
         self._channel: str | None = None
+        self._gc: GcPolicy | None = None
 
     # Life cycle -----------------------------------------------------------------------------
 
@@ -175,6 +177,12 @@ class Hub:
             self._tasks.append(asyncio.ensure_future(self._renew_group_forever()))
         self._tasks.append(asyncio.ensure_future(self._poll_forever()))
         self._tasks.append(asyncio.ensure_future(self._check_sessions_forever()))
+        if notifications_settings.GC_FREEZE_INTERVAL is not None:
+            self._gc = GcPolicy(
+                notifications_settings.GC_FREEZE_INTERVAL,
+                notifications_settings.GC_FULL_COLLECT_INTERVAL,
+            )
+            self._tasks.append(asyncio.ensure_future(self._gc.run()))
         logger.info("hub started at cursor %s", self.horizon)
 
     async def _join_group(self) -> None:
@@ -189,6 +197,9 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._gc is not None:
+            self._gc.release()
+            self._gc = None
         if self._layer is not None and self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._layer.group_discard(messages.HUB_GROUP, self._channel)
