@@ -15,8 +15,9 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 
+from .compiled import CompiledQuery
 from .models import Event, Reach, Recipient, Subscription, Topic
 
 EVERYONE = "everyone"
@@ -168,18 +169,35 @@ def audience_users(event: Event) -> QuerySet:
 
 
 def membership_of(user: AbstractBaseUser | AnonymousUser) -> Membership:
-    """Load what the realtime hub matches events against (blocking ORM call)."""
+    """Load what the realtime hub matches events against (one blocking query, compiled once:
+    every signed-in handshake runs it)."""
     if not user.is_authenticated:
         return Membership(user_id=None)
-    group_ids = frozenset(user.groups.values_list("pk", flat=True))
-    topic_ids = frozenset(
-        Topic.objects.filter(Q(subscription__user=user) | Q(groups__in=group_ids))
-        .values_list("pk", flat=True)
+    group_ids, topic_ids = set(), set()
+    for kind, pk in _MEMBERSHIP.rows((), user_id=user.pk):
+        (group_ids if kind == "g" else topic_ids).add(pk)
+    return Membership(
+        user_id=user.pk,
+        is_staff=user.is_staff,
+        group_ids=frozenset(group_ids),
+        topic_ids=frozenset(topic_ids),
+    )
+
+
+def _membership_query(shape: tuple, *, user_id: int) -> list[tuple[str, int]]:
+    """("g", group id) for the user's groups, ("t", topic id) for the topics it follows:
+    subscribed, or followed by one of its groups."""
+    groups = Group.objects.filter(user=user_id).order_by().values_list(Value("g"), "pk")
+    topics = (
+        Topic.objects.filter(Q(subscription__user=user_id) | Q(groups__user=user_id))
+        .order_by()
+        .values_list(Value("t"), "pk")
         .distinct()
     )
-    return Membership(
-        user_id=user.pk, is_staff=user.is_staff, group_ids=group_ids, topic_ids=topic_ids
-    )
+    return list(groups.union(topics, all=True))
+
+
+_MEMBERSHIP = CompiledQuery(_membership_query)
 
 
 def visible_to(user: AbstractBaseUser | AnonymousUser, *, extra_topic_ids: Iterable[int] = ()) -> Q:

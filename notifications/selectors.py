@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.paginator import Page, Paginator
 from django.db.models import (
@@ -17,10 +18,13 @@ from django.db.models import (
     OuterRef,
     Q,
     QuerySet,
+    Subquery,
 )
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .audiences import visible_to
+from .compiled import CompiledQuery
 from .models import Event, InboxState, Reach, ReadMark
 
 AnyUser = AbstractBaseUser | AnonymousUser
@@ -99,20 +103,73 @@ def greeting(
     user: AnyUser, *, upto: int, counted_to: int, extra_topic_ids: Iterable[int] = ()
 ) -> Greeting:
     """What ``hello`` says: the newest event id the socket may see (up to ``upto``, 0 if
-    none) and the unread count up to ``counted_to`` (None for anonymous visitors)."""
+    none) and the unread count up to ``counted_to`` (None for anonymous visitors).
+
+    Signed-in: one statement, compiled once per shape (:mod:`notifications.compiled`); building
+    the audience filter costs more than running it, and every signed-in handshake waits for
+    this. :func:`greeting_orm` is the same query through the ORM, kept as its definition."""
+    if not user.is_authenticated:
+        return greeting_orm(user, upto=upto, counted_to=counted_to, extra_topic_ids=extra_topic_ids)
+    extra = sorted(set(extra_topic_ids))
+    row = _GREETING.row(
+        (bool(user.is_staff), len(extra)),
+        user_id=user.pk,
+        joined=user.date_joined,
+        upto=upto,
+        counted_to=counted_to,
+        ceiling=max(upto, counted_to),
+        **{f"topic{i}": topic_id for i, topic_id in enumerate(extra)},
+    )
+    top, unread = row if row is not None else (None, 0)
+    return Greeting(cursor=top or 0, unread=unread or 0)
+
+
+def greeting_orm(
+    user: AnyUser, *, upto: int, counted_to: int, extra_topic_ids: Iterable[int] = ()
+) -> Greeting:
+    """:func:`greeting` through the ORM, built on every call."""
     visible = Event.objects.filter(visible_to(user, extra_topic_ids=extra_topic_ids))
     if not user.is_authenticated:
         newest = visible.filter(id__lte=upto).aggregate(top=Max("id"))["top"]
         return Greeting(cursor=newest or 0, unread=None)
-    # One query for both figures: building the audience filter costs more than running it,
-    # and a signed-in handshake waits for this.
-    unread = Q(id__gt=read_through(user), id__lte=counted_to) & ~Exists(
-        ReadMark.objects.filter(user=user, event=OuterRef("pk"))
-    )
-    row = visible.filter(id__lte=max(upto, counted_to)).aggregate(
-        top=Max("id", filter=Q(id__lte=upto)), unread=Count("id", filter=unread)
+    row = _signed_in_greeting(
+        visible,
+        user_id=user.pk,
+        upto=upto,
+        counted_to=counted_to,
+        ceiling=max(upto, counted_to),
     )
     return Greeting(cursor=row["top"] or 0, unread=row["unread"])
+
+
+def _signed_in_greeting(
+    visible: QuerySet, *, user_id: int, upto: int, counted_to: int, ceiling: int
+) -> dict:
+    watermark = Coalesce(
+        Subquery(InboxState.objects.filter(user_id=user_id).values("read_through")[:1]), 0
+    )
+    unread = Q(id__gt=watermark, id__lte=counted_to) & ~Exists(
+        ReadMark.objects.filter(user_id=user_id, event=OuterRef("pk"))
+    )
+    return visible.filter(id__lte=ceiling).aggregate(
+        top=Max("id", filter=Q(id__lte=upto)), unread=Count("id", filter=unread)
+    )
+
+
+def _build_signed_in_greeting(
+    shape: tuple[bool, int], *, user_id: int, joined: datetime, **values: int
+) -> dict:
+    """:func:`_signed_in_greeting` for a user described by values alone (what CompiledQuery
+    swaps); ``shape`` is (is_staff, number of extra topics ``topic0``, ``topic1``...)."""
+    is_staff, topic_count = shape
+    user = get_user_model()(pk=user_id, date_joined=joined, is_staff=is_staff)
+    user._state.adding = False
+    topics = [values.pop(f"topic{i}") for i in range(topic_count)]
+    visible = Event.objects.filter(visible_to(user, extra_topic_ids=topics))
+    return _signed_in_greeting(visible, user_id=user_id, **values)
+
+
+_GREETING = CompiledQuery(_build_signed_in_greeting)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""notifications/compiled.py, and the compiled greeting against its ORM definition."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db.models import Max
+from django.utils import timezone
+
+from notifications import Audience, notify
+from notifications.compiled import CompiledQuery
+from notifications.models import Event, InboxState, Topic
+from notifications.selectors import greeting, greeting_orm
+from notifications.services import mark_read, subscribe
+
+pytestmark = pytest.mark.django_db
+
+
+def test_compiled_query_swaps_values_and_matches_the_orm(make_user):
+    users = [make_user(f"u{i}") for i in range(3)]
+    events = [notify(user, f"for {user.username}") for user in users for _ in range(2)]
+
+    def build(shape, *, user_id, after):
+        return Event.objects.filter(recipients__user_id=user_id, id__gt=after).aggregate(
+            top=Max("id")
+        )
+
+    query = CompiledQuery(build)
+    for user, after in itertools.product(users, [0, events[0].id, events[-1].id]):
+        expected = build((), user_id=user.pk, after=after)["top"]
+        assert query.row((), user_id=user.pk, after=after) == (expected,)
+    assert len(query._templates) == 1
+
+
+def test_compiled_query_refuses_what_it_cannot_swap(make_user):
+    make_user("alice")
+
+    def two_statements(shape, *, user_id):
+        list(Event.objects.filter(recipients__user_id=user_id))
+        list(Event.objects.filter(recipients__user_id=user_id))
+
+    with pytest.raises(RuntimeError, match="exactly one statement"):
+        CompiledQuery(two_statements).row((), user_id=1)
+
+    def drops_a_value(shape, *, user_id, unused):
+        return list(Event.objects.filter(recipients__user_id=user_id))
+
+    with pytest.raises(RuntimeError, match="unused"):
+        CompiledQuery(drops_a_value).row((), user_id=1, unused=2)
+
+    with pytest.raises(TypeError, match="shape"):
+        CompiledQuery(lambda shape, *, flag: None).row((), flag=True)
+
+
+def test_compiled_greeting_equals_the_orm_greeting(make_user):
+    """Every audience kind, read marks, the read-through watermark, staff and not, extra
+    topics, users who joined after some events, and many (upto, counted_to) pairs."""
+    rng = random.Random(7)
+    early = make_user("early")
+    editors, others = Group.objects.create(name="editors"), Group.objects.create(name="others")
+    news = Topic.objects.create(slug="news", name="News", is_public=True)
+    ops = Topic.objects.create(slug="ops", name="Ops", is_public=True)
+    ops.groups.add(editors)
+    events = [notify("everyone", "first, before most users joined")]
+    Event.objects.filter(pk=events[0].pk).update(created_at=timezone.now() - timedelta(days=2))
+    users = [early] + [make_user(f"user{i}", is_staff=i % 2 == 0) for i in range(5)]
+    users[1].groups.add(editors)
+    users[2].groups.add(others)
+    subscribe(users[3], "news")
+    audiences = [
+        "everyone",
+        Audience(reach="authenticated"),
+        Audience(reach="staff"),
+        editors,
+        others,
+        news,
+        ops,
+        Audience(users=users[:3]),
+        users[4],
+        Audience(users=[users[5]], groups=[others]),
+    ]
+    for i in range(40):
+        events.append(notify(rng.choice(audiences), f"event {i}"))
+    for user in users:
+        ids = [event.id for event in events]
+        mark_read(user, rng.sample(ids, 8))
+    InboxState.objects.update_or_create(user=users[2], defaults={"read_through": events[20].id})
+    top = events[-1].id
+    seen = set()
+    cuts = [0, events[1].id, events[20].id, top - 3, top, top + 5]
+    for user, upto, counted_to in itertools.product(users, cuts, cuts):
+        for extra in [(), (news.pk,), (news.pk, ops.pk)]:
+            kwargs = dict(upto=upto, counted_to=counted_to, extra_topic_ids=extra)
+            assert greeting(user, **kwargs) == greeting_orm(user, **kwargs), (user, kwargs)
+            seen.add(greeting(user, **kwargs))
+    assert len(seen) > 30 and any(g.unread for g in seen), seen  # the figures vary
+
+
+def test_compiled_membership_equals_the_orm(make_user):
+    from notifications.audiences import _membership_query, membership_of
+
+    editors, others = Group.objects.create(name="editors"), Group.objects.create(name="others")
+    news = Topic.objects.create(slug="news", name="News", is_public=True)
+    ops = Topic.objects.create(slug="ops", name="Ops", is_public=True)
+    Topic.objects.create(slug="idle", name="Idle", is_public=True)
+    ops.groups.add(editors, others)
+    alice, bob, carol = make_user("alice"), make_user("bob", is_staff=True), make_user("carol")
+    alice.groups.add(editors, others)
+    subscribe(alice, "ops")  # also through both groups: listed once
+    subscribe(bob, "news")
+    assert membership_of(alice).group_ids == {editors.pk, others.pk}
+    assert membership_of(alice).topic_ids == {ops.pk}
+    assert (membership_of(bob).group_ids, membership_of(bob).topic_ids) == (set(), {news.pk})
+    assert membership_of(bob).is_staff and not membership_of(carol).topic_ids
+    for user in (alice, bob, carol):
+        rows = sorted(_membership_query((), user_id=user.pk))
+        assert len(rows) == len(set(rows))
+        membership = membership_of(user)
+        assert (
+            sorted(
+                [("g", g) for g in membership.group_ids] + [("t", t) for t in membership.topic_ids]
+            )
+            == rows
+        )
