@@ -157,3 +157,66 @@ async def test_sockets_that_vanish_mid_answer_leave_the_hub(kind, amake_user):
             server.ws_url, origin=server.origin, additional_headers={"Cookie": cookie}
         ) as ws:
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["user"] == "alice"
+
+
+@pytest.mark.asyncio
+async def test_uvicorn_sansio_handshake_objects_are_released_after_accept():
+    """The real uvicorn websockets-sansio protocol, in process: after the accept,
+    forget_handshake() leaves no handshake Request/Response reachable from the protocol and
+    empties the Request that websockets' parser keeps, and the socket still works."""
+    from uvicorn.config import Config
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.server import ServerState
+
+    from notifications.realtime.transport import UvicornWriter
+
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def app(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        writer = writer_for(send)
+        accepted.set_result(writer)
+        await receive()
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = bytearray()
+
+        def write(self, data) -> None:
+            self.out += data
+
+        def get_extra_info(self, name, default=None):
+            return ("127.0.0.1", 1234) if name in ("peername", "sockname") else default
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    config = Config(app=app, ws="websockets-sansio", ws_per_message_deflate=False, lifespan="off")
+    config.load()
+    protocol = WebSocketsSansIOProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    key = base64.b64encode(os.urandom(16)).decode()
+    protocol.data_received(
+        (
+            "GET /ws/notifications/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Cookie: sessionid=secret\r\n\r\n"
+        ).encode()
+    )
+    writer = await asyncio.wait_for(accepted, 5)
+    assert isinstance(writer, UvicornWriter)
+    request = protocol.request
+    assert request.headers["Cookie"] == "sessionid=secret"
+    writer.forget_handshake()
+    assert protocol.request is None and protocol.response is None
+    assert list(request.headers.raw_items()) == []
+    assert transport.out.startswith(b"HTTP/1.1 101")
+    assert writer.write_now(Frame('{"type":"pong"}'))
+    assert transport.out.endswith(Frame('{"type":"pong"}').wire)
+    protocol.connection_lost(None)

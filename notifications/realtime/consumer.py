@@ -185,6 +185,7 @@ class NotificationConsumer:
             frames.SUBPROTOCOL if frames.SUBPROTOCOL in scope.get("subprotocols", []) else None
         )
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
+        conn.writer.forget_handshake()
         logger.info(
             "ws.connect %s user=%s client=%s cursor=%s writer=%s",
             conn.id,

@@ -76,6 +76,10 @@ class AsgiWriter:
         """Start the closing handshake here; False: the caller closes through ASGI."""
         return self.closer(code) if self.closer is not None else False
 
+    def forget_handshake(self) -> None:
+        """Drop what the server keeps of the handshake but no longer needs (see
+        :meth:`UvicornWriter.forget_handshake`); nothing to do on the portable path."""
+
 
 class DaphneWriter:
     """daphne: write to the autobahn protocol's Twisted transport."""
@@ -124,6 +128,9 @@ class DaphneWriter:
         protocol.sendCloseFrame(code=code, isReply=False)
         return True
 
+    def forget_handshake(self) -> None:
+        """Nothing: daphne keeps no more of the handshake than the socket needs."""
+
 
 class UvicornWriter:
     """uvicorn with ``--ws websockets`` or ``websockets-sansio``: write to the asyncio
@@ -157,6 +164,23 @@ class UvicornWriter:
 
     def close_frame(self, code: int) -> bool:
         return False  # uvicorn's ASGI close accepts every code the protocol allows
+
+    def forget_handshake(self) -> None:
+        # uvicorn's websockets-sansio protocol keeps the handshake's websockets Request and
+        # Response for the socket's life, though it reads them only until the accept is sent
+        # (uvicorn 0.30-0.54, protocols/websockets/websockets_sansio_impl.py), and websockets'
+        # ServerProtocol.parse() generator keeps the Request in a local variable for as long
+        # (websockets 14-17, server.py). Their Headers are ~3-4 KiB of an idle socket's ~23
+        # (tracemalloc at 2,000 sockets). Only that protocol, and only attributes it has, are
+        # touched; the Request's headers are emptied since the generator cannot be reached.
+        protocol = self.protocol
+        if self.state_holder is protocol or not hasattr(protocol, "response"):
+            return
+        request = getattr(protocol, "request", None)
+        headers = getattr(request, "headers", None)
+        if headers is not None and hasattr(headers, "clear"):
+            headers.clear()
+        protocol.request = protocol.response = None
 
 
 Writer = AsgiWriter | DaphneWriter | UvicornWriter
