@@ -297,6 +297,39 @@ async def test_resume_frame(connect, amake_user):
     assert await sock.expect("replayed") == {"type": "replayed", "count": 0, "complete": True}
 
 
+async def test_anonymous_sockets_resuming_alike_share_one_replay_read(
+    connect, amake_user, monkeypatch
+):
+    """After a restart every visitor resumes from the same cursor: the hub reads that public
+    replay once, and each socket still gets exactly the missed events, then `replayed`."""
+    from notifications.realtime import hub as hub_module
+
+    reads = []
+    real = hub_module._load_public_replay
+
+    def counted(**kwargs):
+        reads.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(hub_module, "_load_public_replay", counted)
+    seen = await db(notify)("everyone", "seen")
+    await db(notify)(await amake_user("alice"), "not for visitors")
+    missed = [await db(notify)("everyone", f"missed {i}") for i in range(3)]
+    sockets = [await connect(cursor=seen.id) for _ in range(10)]
+    for sock in sockets:
+        frames = await sock.notifications(3)
+        assert [(f["id"], f["replay"], f["read"]) for f in frames] == [
+            (e.id, True, False) for e in missed
+        ]
+        assert await sock.expect("replayed") == {"type": "replayed", "count": 3, "complete": True}
+    assert len(reads) == 1
+    # Another range is another read; a socket that follows a topic does not share.
+    other = await connect(cursor=seen.id + 1)
+    assert [f["id"] for f in await other.notifications(3)] == [e.id for e in missed]
+    assert (await other.expect("replayed"))["count"] == 3
+    assert len(reads) == 2
+
+
 async def test_anonymous_replay_covers_everyone_only(connect, amake_user):
     alice = await amake_user("alice")
     await db(notify)(alice, "private")

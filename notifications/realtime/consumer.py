@@ -15,6 +15,7 @@ without cookies or topics).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -129,8 +130,13 @@ class NotificationConsumer:
         except Exception:
             # Typically a send to a client that has just gone: the server raises (uvicorn)
             # or refuses it, and the disconnect message may never be read.
+            # No traceback at INFO: after a restart thousands of clients that gave up
+            # make these, and formatting tracebacks then costs the event loop real time.
             logger.info(
-                "ws.error %s: the socket failed", self.conn.id if self.conn else "-", exc_info=True
+                "ws.error %s: the socket failed: %r",
+                self.conn.id if self.conn else "-",
+                sys.exc_info()[1],
+                exc_info=logger.isEnabledFor(logging.DEBUG),
             )
         finally:
             # However the socket ends, it leaves the hub (else a user's cap fills up).
@@ -376,20 +382,30 @@ class NotificationConsumer:
         """
         assert self.conn is not None
         limit = notifications_settings.REPLAY_LIMIT
-        events = await database_sync_to_async(selectors.replay)(
-            self.user,
-            after=max(after, self.conn.last_sent),
-            upto=upto,
-            limit=limit + 1,
-            extra_topic_ids=self.conn.anon_topics,
-            topic_id=topic_id,
-        )
-        complete = len(events) <= limit
-        for event in events[:limit]:
-            await self.send_frame(frames.notification(event, read=event.is_read, replay=True))
-            self.conn.last_sent = event.id
+        after = max(after, self.conn.last_sent)
+        if self.user.is_authenticated or self.conn.anon_topics or topic_id is not None:
+            events = await database_sync_to_async(selectors.replay)(
+                self.user,
+                after=after,
+                upto=upto,
+                limit=limit + 1,
+                extra_topic_ids=self.conn.anon_topics,
+                topic_id=topic_id,
+            )
+            texts = [
+                (e.id, frames.encode(frames.notification(e, read=e.is_read, replay=True)))
+                for e in events
+            ]
+        else:
+            # Announcements to everyone only: the same for every such socket, so sockets
+            # resuming from the same cursor (all of them, after a restart) share one query.
+            texts = await self.hub.public_replay(after=after, upto=upto, limit=limit + 1)
+        complete = len(texts) <= limit
+        for event_id, text in texts[:limit]:
+            await self.send({"type": "websocket.send", "text": text})
+            self.conn.last_sent = event_id
         self.conn.position = max(self.conn.position, self.conn.last_sent)
-        return min(len(events), limit), complete
+        return min(len(texts), limit), complete
 
     async def _replay(self, *, after: int, upto: int, ref: str | int | None) -> None:
         """Replay for a resume cursor, then ``replayed``. Everything up to ``upto`` (and up to

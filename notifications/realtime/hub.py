@@ -27,6 +27,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
 from .. import selectors
@@ -46,6 +47,9 @@ CLOSE_POLICY = 1008
 CHANGE_WINDOW = 60.0
 GROUP_RENEW_SECONDS = 60.0
 SESSION_CHECK_SLICES = 10
+# Public replays shared between sockets: kept this long after they are read, at most this many.
+PUBLIC_REPLAY_SECONDS = 5.0
+PUBLIC_REPLAY_ENTRIES = 32
 
 
 def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> list[dict]:
@@ -76,6 +80,16 @@ def _load_poll(*, after: int, with_changes: bool) -> tuple[list[dict], list[tupl
     rows = _load_event_messages(after=after, upto=None)
     changes = selectors.recent_membership_changes(seconds=CHANGE_WINDOW) if with_changes else []
     return rows, changes
+
+
+def _load_public_replay(*, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+    """(id, encoded frame) of the events to everyone with ``after < id <= upto``, as an
+    anonymous socket without topics replays them."""
+    events = selectors.replay(AnonymousUser(), after=after, upto=upto, limit=limit)
+    return [
+        (event.id, frames.encode(frames.notification(event, read=False, replay=True)))
+        for event in events
+    ]
 
 
 def _local_recipients(event_id: int, user_ids: list[int]) -> set[int]:
@@ -153,6 +167,7 @@ class Hub:
         self._layer = get_channel_layer(notifications_settings.CHANNEL_LAYER)
         self._channel: str | None = None
         self._gc: GcPolicy | None = None
+        self._public_replays: dict[tuple[int, int, int], asyncio.Future] = {}
 
     # Life cycle -----------------------------------------------------------------------------
 
@@ -272,6 +287,31 @@ class Hub:
             _discard(self.by_group, group_id, conn)
         for topic_id in conn.followed_topics:
             _discard(self.by_topic, topic_id, conn)
+
+    async def public_replay(self, *, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+        """:func:`_load_public_replay`, read once for all the sockets that ask for the same
+        range at about the same time (every client resuming after a restart or a network
+        blip asks for the same one). A sent event does not change, so sharing is exact."""
+        key = (after, upto, limit)
+        shared = self._public_replays.get(key)
+        if shared is None:
+            if len(self._public_replays) >= PUBLIC_REPLAY_ENTRIES:
+                return await database_sync_to_async(_load_public_replay)(
+                    after=after, upto=upto, limit=limit
+                )
+            shared = asyncio.ensure_future(
+                database_sync_to_async(_load_public_replay)(after=after, upto=upto, limit=limit)
+            )
+            self._public_replays[key] = shared
+
+            def expire(future: asyncio.Future) -> None:
+                # A failed read (database down) is not kept: the next socket tries again.
+                failed = future.cancelled() or future.exception() is not None
+                delay = 0 if failed else PUBLIC_REPLAY_SECONDS
+                self.loop.call_later(delay, self._public_replays.pop, key, None)
+
+            shared.add_done_callback(expire)
+        return await asyncio.shield(shared)
 
     # Incoming layer messages ------------------------------------------------------------------
 
