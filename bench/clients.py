@@ -20,6 +20,22 @@ Control protocol with the parent, one JSON object per line:
 - stdin ``quit`` or end of input: close every socket and exit. The process also exits by itself
   after ``--max-seconds``.
 
+Resume mode (``bench.restart``), off unless the parent asks for it before ``connect``:
+
+- stdin ``resume {"base": 0.5, "cap": 15, "stable": 10, "timeout": 15}``: every socket becomes a
+  ``Peer``, a browser tab as ``notifications.js`` keeps one: when its socket closes it reconnects
+  after a full-jitter backoff (a random delay in ``[0, min(cap, base * 2**attempt)]`` s, the
+  attempt count reset once a connection has stayed up ``stable`` s; ``timeout`` s from dial to
+  ``hello``), with ``?cursor=`` the highest id it received (``hello.cursor`` when it sent none),
+  and it records every notification id it receives, in order, over all its connections.
+- stdin ``progress``: stdout ``{"ev": "stats", "kind": "progress", ...}``: peers, open sockets,
+  peers whose current socket got ``replayed``, dial attempts and failures so far.
+- stdin ``peers``: stdout ``{"ev": "stats", "kind": "peers", "peers": [...]}``, per peer its ids
+  and its connections (sent cursor, dial, ``hello`` and ``replayed`` times, replay count and
+  completeness).
+- stdin ``failures T``: stdout ``{"ev": "stats", "kind": "failures", ...}``: failed reconnect
+  attempts dialled before and from wall time ``T`` on, by error.
+
 Every process runs on the same machine, so wall clocks (``time.time()``) are comparable.
 """
 
@@ -30,6 +46,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import re
 import socket
 import struct
@@ -43,6 +60,7 @@ IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the port at connect(), not at b
 ID_RE = re.compile(rb'"id": ?(\d+)')
 T_RE = re.compile(rb'"t": ?([0-9.eE+-]+)')
 NOTIFICATION = b'"notification"'
+REPLAYED = b'"replayed"'
 
 
 def _out(obj: dict) -> None:
@@ -65,6 +83,10 @@ class Stats:
         self.other_frames = 0
         self.reported: set[int] = set()
         self.closing = False
+        # Socket bytes read (handshake included) and the bytes of the notification frames
+        # (frame header + payload): the long-poll comparison's bytes per delivery.
+        self.rx_bytes = 0
+        self.notification_bytes = 0
 
     def report(self, event_id: int, now: float) -> None:
         self.reported.add(event_id)
@@ -77,13 +99,87 @@ class Stats:
                 self.report(event_id, self.last[event_id])
 
 
-class WSClient(asyncio.Protocol):
-    __slots__ = ("buf", "frag", "handshake_done", "key", "ready", "request", "stats", "transport")
+class Peer:
+    """Resume mode: one browser tab (``notifications.js``) whose socket comes and goes.
 
-    def __init__(self, stats: Stats, request: bytes, ready: asyncio.Future) -> None:
+    It keeps the cursor the way the JS client does (the highest id received; ``hello.cursor``
+    when the socket sent no cursor; after ``replayed`` at least that) and records every
+    notification id received, duplicates included, over all its connections."""
+
+    __slots__ = ("attempt", "conn", "conn_last", "connect_t", "conns", "cursor", "dial_t",
+                 "dials", "hello_cursor", "ids", "index", "lost", "order_errors", "proto",
+                 "resumed", "sent_cursor", "stable", "worker")  # fmt: skip
+
+    def __init__(self, index: int, worker: Worker) -> None:
+        self.index = index
+        self.worker = worker
+        self.ids: list[int] = []
+        self.cursor: int | None = None  # what the next socket sends (None: no cursor)
+        self.sent_cursor: int | None = None
+        self.hello_cursor = 0
+        self.attempt = 0  # backoff exponent
+        self.dials = 0
+        self.dial_t = 0.0
+        self.connect_t = 0.0
+        # [sent cursor, dial, hello, replayed (wall times), replayed count, complete,
+        #  TCP connected (wall time)]
+        self.conns: list[list] = []
+        self.conn: list | None = None
+        self.conn_last = 0  # the last id on the current connection
+        self.order_errors = 0  # an id not above the previous one on the same connection
+        self.lost: list[float] = []  # when a socket that got hello closed
+        self.proto: WSClient | None = None
+        self.resumed = False  # the current socket got ``replayed``
+        self.stable: asyncio.TimerHandle | None = None
+
+    def on_hello(self, payload: bytes, now: float) -> None:
+        try:
+            self.hello_cursor = int(json.loads(payload).get("cursor") or 0)
+        except (ValueError, AttributeError, TypeError):
+            self.hello_cursor = 0
+        if self.sent_cursor is None:
+            self.cursor = max(self.cursor or 0, self.hello_cursor)
+        self.conn = [self.sent_cursor, self.dial_t, now, None, None, None, self.connect_t]
+        self.conns.append(self.conn)
+        self.conn_last = 0
+
+    def on_frame(self, payload: bytes, now: float) -> None:
+        if REPLAYED not in payload or self.conn is None:
+            return
+        try:
+            frame = json.loads(payload)
+        except ValueError:
+            return
+        if frame.get("type") != "replayed":
+            return
+        self.conn[3:6] = [now, frame.get("count"), frame.get("complete")]
+        self.cursor = max(self.cursor or 0, self.conn_last, self.hello_cursor)
+        self.resumed = True
+        self.worker.resumed += 1
+
+    def on_notification(self, event_id: int) -> None:
+        if event_id <= self.conn_last:
+            self.order_errors += 1
+        self.conn_last = event_id
+        self.ids.append(event_id)
+        self.cursor = max(self.cursor or 0, event_id)
+
+    def dump(self) -> list:
+        return [self.index, self.ids, self.conns, self.order_errors, self.dials, self.lost,
+                self.proto is not None]  # fmt: skip
+
+
+class WSClient(asyncio.Protocol):
+    __slots__ = ("buf", "frag", "handshake_done", "key", "peer", "ready", "request", "stats",
+                 "transport")  # fmt: skip
+
+    def __init__(
+        self, stats: Stats, request: bytes, ready: asyncio.Future, peer: Peer | None = None
+    ) -> None:
         self.stats = stats
         self.request = request
         self.ready = ready
+        self.peer = peer
         self.buf = b""
         self.frag: bytes | None = None
         self.handshake_done = False
@@ -96,13 +192,16 @@ class WSClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"closed during handshake: {exc}"))
-        elif self.handshake_done:
+        elif self.handshake_done and not self.ready.cancelled() and not self.ready.exception():
             self.stats.open -= 1
             self.stats.closed_after_hello += 1
             if not self.stats.closing:
                 self.stats.recheck()
+            if self.peer is not None and self.peer.proto is self:
+                self.peer.worker.lost(self.peer)
 
     def data_received(self, data: bytes) -> None:
+        self.stats.rx_bytes += len(data)
         buf = self.buf + data if self.buf else data
         if not self.handshake_done:
             end = buf.find(b"\r\n\r\n")
@@ -152,10 +251,14 @@ class WSClient(asyncio.Protocol):
             if not self.ready.done():
                 stats.hello += 1
                 stats.open += 1
+                if self.peer is not None:
+                    self.peer.on_hello(payload, now)
                 self.ready.set_result(None)
                 continue
             if NOTIFICATION not in payload:
                 stats.other_frames += 1
+                if self.peer is not None:
+                    self.peer.on_frame(payload, now)
                 continue
             m = ID_RE.search(payload)
             t = T_RE.search(payload)
@@ -163,6 +266,9 @@ class WSClient(asyncio.Protocol):
                 stats.other_frames += 1
                 continue
             event_id = int(m.group(1))
+            stats.notification_bytes += head + length
+            if self.peer is not None:
+                self.peer.on_notification(event_id)
             stats.records.append((event_id, now, t.group(1) if t else b"0"))
             count = stats.counts.get(event_id, 0) + 1
             stats.counts[event_id] = count
@@ -184,6 +290,11 @@ class WSClient(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_masked(0x8, struct.pack("!H", 1000)))
             self.transport.close()
+
+
+def _error_name(exc: BaseException) -> str:
+    name = type(exc).__name__ + (f": {exc}" if isinstance(exc, ConnectionError) else "")
+    return name[:120]
 
 
 def _masked(opcode: int, payload: bytes) -> bytes:
@@ -221,42 +332,141 @@ class Worker:
         self.failures = 0
         self.retries = 0
         self.errors: dict[str, int] = {}
+        # Resume mode (``resume`` command): options, peers, dial attempts and their failures.
+        self.resume: dict | None = None
+        self.peers: list[Peer] = []
+        self.resumed = 0  # peers whose current socket got ``replayed``
+        self.dials = 0
+        self.dial_failures: list[tuple[float, str]] = []  # (dial wall time, error)
+        self.tasks: set[asyncio.Task] = set()
 
-    async def _open_one(self, index: int) -> WSClient | None:
+    async def _dial(
+        self,
+        index: int,
+        timeout: float,
+        cursor: int | None = None,
+        peer: Peer | None = None,
+        overall: bool = False,
+    ) -> WSClient:
+        """One attempt: TCP connect (10 s), upgrade, first frame (``hello``) within ``timeout`` s
+        of the connect; with ``overall``, all of it within ``timeout`` s of the dial, as
+        ``notifications.js`` counts its ``connectTimeout``. Raises on failure."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         url = urlsplit(self.urls[index % len(self.urls)])
         host, port = url.hostname or "127.0.0.1", url.port or 80
-        path = url.path + (f"?{url.query}" if url.query else "")
+        query = [url.query] if url.query else []
+        if cursor is not None:
+            query.append(f"cursor={cursor}")
+        path = url.path + ("?" + "&".join(query) if query else "")
         cookie = self.cookies[index % len(self.cookies)] if self.cookies else None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        proto: WSClient | None = None
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sources:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.sources[index % len(self.sources)], 0))
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (host, port)), timeout if overall else 10
+            )
+            if overall:
+                timeout = max(0.001, deadline - loop.time())
+            if peer is not None:
+                peer.connect_t = time.time()
+            ready = loop.create_future()
+            request = _request(host, port, path, cookie)
+            _, proto = await loop.create_connection(
+                lambda r=request, f=ready: WSClient(self.stats, r, f, peer), sock=sock
+            )
+            if peer is not None:
+                peer.proto = proto  # before hello: a close right after it must be seen
+            await asyncio.wait_for(ready, timeout)
+            return proto
+        except BaseException:
+            if peer is not None and peer.proto is proto:
+                peer.proto = None
+            if proto is not None and proto.transport is not None:
+                proto.transport.abort()
+            else:
+                sock.close()
+            raise
+
+    async def _open_one(self, index: int) -> WSClient | None:
+        peer = None
+        if self.resume is not None:
+            peer = Peer(index, self)
+            self.peers.append(peer)
         for attempt in range(self.args.attempts):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            proto: WSClient | None = None
             try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.sources:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                    sock.bind((self.sources[index % len(self.sources)], 0))
-                await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10)
-                ready = loop.create_future()
-                request = _request(host, port, path, cookie)
-                _, proto = await loop.create_connection(
-                    lambda r=request, f=ready: WSClient(self.stats, r, f), sock=sock
-                )
-                await asyncio.wait_for(ready, self.args.handshake_timeout)
+                if peer is not None:
+                    peer.dials += 1
+                    peer.dial_t = time.time()
+                proto = await self._dial(index, self.args.handshake_timeout, peer=peer)
+                if peer is not None:
+                    self._greeted(peer)
                 return proto
             except (TimeoutError, OSError, ConnectionError) as exc:
-                if proto is not None and proto.transport is not None:
-                    proto.transport.abort()
-                else:
-                    sock.close()
-                name = type(exc).__name__ + (f": {exc}" if isinstance(exc, ConnectionError) else "")
-                self.errors[name[:120]] = self.errors.get(name[:120], 0) + 1
+                name = _error_name(exc)
+                self.errors[name] = self.errors.get(name, 0) + 1
                 if attempt + 1 < self.args.attempts:
                     self.retries += 1
                     await asyncio.sleep(0.2 * (attempt + 1))
         self.failures += 1
         return None
+
+    # Resume mode -------------------------------------------------------------------------------
+
+    def _greeted(self, peer: Peer) -> None:
+        """A peer's socket got ``hello``: the backoff starts over once it has stayed up."""
+        assert self.resume is not None
+        if peer.proto is None:  # it closed again before this coroutine resumed
+            return
+
+        def stable() -> None:
+            peer.attempt = 0
+
+        peer.stable = asyncio.get_running_loop().call_later(self.resume["stable"], stable)
+
+    def lost(self, peer: Peer) -> None:
+        """A peer's socket that got ``hello`` closed: reconnect, as the JS client does."""
+        peer.proto = None
+        peer.lost.append(time.time())
+        if peer.resumed:
+            peer.resumed = False
+            self.resumed -= 1
+        if peer.stable is not None:
+            peer.stable.cancel()
+            peer.stable = None
+        if not self.stats.closing:
+            task = asyncio.ensure_future(self._reconnect(peer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _reconnect(self, peer: Peer) -> None:
+        opts = self.resume
+        assert opts is not None
+        while not self.stats.closing:
+            # notifications.js: full jitter, a random delay in [0, min(cap, base * 2^attempt)].
+            ceiling = min(opts["cap"], opts["base"] * 2 ** min(peer.attempt, 30))
+            peer.attempt += 1
+            await asyncio.sleep(random.random() * ceiling)
+            if self.stats.closing:
+                return
+            peer.sent_cursor = peer.cursor
+            peer.dials += 1
+            self.dials += 1
+            peer.dial_t = time.time()
+            try:
+                await self._dial(
+                    peer.index, opts["timeout"], cursor=peer.cursor, peer=peer, overall=True
+                )
+            except (TimeoutError, OSError, ConnectionError) as exc:
+                self.dial_failures.append((peer.dial_t, _error_name(exc)))
+                continue
+            self._greeted(peer)
+            return
 
     async def connect(self) -> None:
         start = time.time()
@@ -269,6 +479,7 @@ class Worker:
                 self.clients.append(proto)
 
         await asyncio.gather(*(one(i) for i in range(self.args.n)))
+        self.peers.sort(key=lambda p: p.index)
         _out(
             {
                 "ev": "ready",
@@ -303,6 +514,51 @@ class Worker:
                 "other_frames": self.stats.other_frames,
                 "cpu_s": cpu.user + cpu.system,
                 "per_id": per_id,
+                "bytes": {
+                    "path": "websocket",
+                    "rx": self.stats.rx_bytes,
+                    "notification_frames": self.stats.notification_bytes,
+                },
+            }
+        )
+
+    def progress(self) -> None:
+        failed: dict[str, int] = {}
+        for _, name in self.dial_failures:
+            failed[name] = failed.get(name, 0) + 1
+        _out(
+            {
+                "ev": "stats",
+                "kind": "progress",
+                "t": time.time(),
+                "peers": len(self.peers),
+                "open": self.stats.open,
+                "resumed": self.resumed,
+                "dials": self.dials,
+                "dial_failures": failed,
+            }
+        )
+
+    def failures_around(self, t: float) -> None:
+        """Failed reconnect attempts dialled before ``t`` and after it (with, per error, how
+        many were dialled in each second from ``t`` on)."""
+        before: dict[str, int] = {}
+        after: dict[str, int] = {}
+        per_second: dict[str, dict[int, int]] = {}
+        for when, name in self.dial_failures:
+            if when < t:
+                before[name] = before.get(name, 0) + 1
+                continue
+            after[name] = after.get(name, 0) + 1
+            seconds = per_second.setdefault(name, {})
+            seconds[int(when - t)] = seconds.get(int(when - t), 0) + 1
+        _out(
+            {
+                "ev": "stats",
+                "kind": "failures",
+                "before": before,
+                "after": after,
+                "after_per_second": per_second,
             }
         )
 
@@ -314,18 +570,32 @@ class Worker:
         connecting: asyncio.Task | None = None
         while True:
             line = await reader.readline()
-            command = line.decode().strip()
+            command, _, rest = line.decode().strip().partition(" ")
             if command == "connect" and connecting is None:
                 connecting = asyncio.ensure_future(self.connect())
             elif command == "dump":
                 self.dump()
+            elif command == "resume" and connecting is None:
+                self.resume = {"base": 0.5, "cap": 15.0, "stable": 10.0, "timeout": 15.0}
+                self.resume.update(json.loads(rest or "{}"))
+            elif command == "progress":
+                self.progress()
+            elif command == "peers":
+                _out({"ev": "stats", "kind": "peers", "peers": [p.dump() for p in self.peers]})
+            elif command == "failures":
+                self.failures_around(float(rest))
             elif command == "quit" or not line:
                 break
         if connecting is not None and not connecting.done():
             connecting.cancel()
         self.stats.closing = True
+        for task in list(self.tasks):
+            task.cancel()
         for client in self.clients:
             client.close()
+        for peer in self.peers:
+            if peer.proto is not None:
+                peer.proto.close()
         await asyncio.sleep(0.2)
 
 

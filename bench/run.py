@@ -11,6 +11,12 @@ then emit K notifications one at a time, each after every client got the previou
 record per notification the time from emit to the last client receiving it (fan-out time), the
 server's CPU over that window less the idle rate, and every delivery's latency.
 
+The long-poll baseline (``ours-longpoll`` in ``--servers``, the default): at each N of
+``--longpoll-sizes`` (1000), our WebSocket server ``ours-uvicorn-sansio`` alone and then the
+long-poll server alone (``bench/servers/longpoll.py``, clients ``bench/longpoll_clients.py``),
+the same notifications; bytes on the wire per delivery (counted by the clients), server CPU per
+delivery, fan-out p50/p99, and long-poll / WebSocket.
+
 Writes ``OUT/latest.json``, ``OUT/latest.md`` (the tables) and ``OUT/fanout.png``. Everything
 it starts is bounded in time and stopped on exit; the temporary database is removed.
 See bench/README.md and docs/performance.md.
@@ -74,7 +80,8 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 
 class ClientPool:
-    """Client worker processes (bench/clients.py) and their line protocol."""
+    """Client worker processes (bench/clients.py, or bench/longpoll_clients.py for the
+    ``ours-longpoll`` kind) and their line protocol."""
 
     def __init__(
         self,
@@ -88,8 +95,10 @@ class ClientPool:
         concurrency: int = 200,
         max_seconds: float = 1800,
         cwd: Path = ROOT,
+        module: str = "bench.clients",
     ) -> None:
         self.cwd = cwd
+        self.module = module  # bench.clients (WebSocket) or bench.longpoll_clients
         self.urls = urls
         self.n = n
         procs = max(1, math.ceil(n / per_process))
@@ -116,7 +125,7 @@ class ClientPool:
             cmd = [
                 PY,
                 "-m",
-                "bench.clients",
+                self.module,
                 "-n",
                 str(size),
                 "--concurrency",
@@ -243,7 +252,15 @@ class Case:
         self.case: dict[str, Any] = {"kind": kind, "n": n, "status": "ok"}
         self.channel = f"bench.bare.{os.getpid()}.{kind}"
         self.group = f"bench.stock.{n}.{os.getpid()}"
-        if kind.startswith("ours"):
+        if kind == "ours-longpoll":
+            # The project's settings plus /longpoll/ (bench/servers/longpoll_settings.py).
+            env = {
+                **ctx["project_env"],
+                "DJANGO_SETTINGS_MODULE": "bench.servers.longpoll_settings",
+            }
+            if args.longpoll_whitenoise:
+                env["BENCH_LONGPOLL_WHITENOISE"] = "1"
+        elif kind.startswith("ours"):
             env = ctx["project_env"]
         elif kind == "stock":
             env = {
@@ -269,6 +286,7 @@ class Case:
         self.profiler: Any = None
         self.timeout = args.stock_timeout if kind == "stock" else args.timeout
         self.budget_end = 0.0
+        self.phase0 = (0.0, 0.0)
         self.active = False
 
     @property
@@ -310,6 +328,7 @@ class Case:
             spread_sources=n > args.spread_above,
             concurrency=args.concurrency,
             cwd=self.ctx["src"],
+            module="bench.longpoll_clients" if self.kind == "ours-longpoll" else "bench.clients",
         )
         await clients.start()
         case["client_processes"] = len(clients.procs)
@@ -346,11 +365,17 @@ class Case:
         # pause between the ramp and the first notification.
         self.profiler = start_profiler(self.args, self.kind, self.n, self.server.pids[0])
         await asyncio.sleep(1.0)
+        if self.kind == "ours-longpoll":
+            # A long-poll client is ready once its first poll is sent; the server may still be
+            # working through those polls (a thread and a query each): wait until it is quiet,
+            # or the idle rate would be its backlog.
+            case["settle_s"] = await settle(self.server)
         cpu_a, m_a = self.server.cpu(), time.monotonic()
         await asyncio.sleep(args.idle_seconds)
         self.idle_rate = (self.server.cpu() - cpu_a) / (time.monotonic() - m_a)
         rss1 = self.server.rss()
         case.update(
+            server_threads=_threads(self.server.pids),
             rss_before_mib=_r(self.rss0 / 2**20),
             rss_after_mib=_r(rss1 / 2**20),
             rss_per_conn_kib=_r((rss1 - self.rss0) / opened / 1024),
@@ -373,6 +398,8 @@ class Case:
 
     def begin(self) -> None:
         self.budget_end = time.monotonic() + self.args.case_budget
+        # Server CPU over the whole emit phase, gaps included (see finish()).
+        self.phase0 = (self.server.cpu(), time.monotonic())
 
     async def emit_one(self, seq: int) -> None:
         """Emit notification ``seq`` and wait until every client has it (or the timeout)."""
@@ -420,8 +447,12 @@ class Case:
                 self.profiler = None
             if self.clients is not None and self.emits:
                 await asyncio.sleep(0.5)
+                # The whole emit phase: a long-poll server handles each client's next request
+                # after that client got the notification, partly after the fan-out window.
+                cpu1, m1 = self.server.cpu(), time.monotonic()
+                phase_cpu = cpu1 - self.phase0[0] - self.idle_rate * (m1 - self.phase0[1])
                 await self.clients.dump()
-                summarize(case, self.emits, self.clients)
+                summarize(case, self.emits, self.clients, phase_cpu_s=phase_cpu)
                 log(
                     f"{self.name}: fan-out p50 {case.get('fanout_p50_ms')} ms, "
                     f"p99 {case.get('fanout_p99_ms')} ms; server CPU "
@@ -509,6 +540,52 @@ async def run_size(n: int, kinds: list[str], args: argparse.Namespace, ctx: dict
     return results
 
 
+async def run_longpoll(n: int, args: argparse.Namespace, ctx: dict, done: list[dict]) -> list[dict]:
+    """The long-polling baseline at N: our WebSocket server (``ours-uvicorn-sansio``) alone,
+    then the long-poll server (``ours-longpoll``) alone, the same N and notifications.
+
+    They cannot run at once: both hear every ``notify()`` (the shared database and Redis
+    group), so each would deliver the other's notifications. An ``ours-uvicorn-sansio`` case
+    at this N that already ran alone in this run (``--servers`` without ``bare``, or
+    ``--sequential``) is the WebSocket side; otherwise one runs here, right before. Both get
+    ``longpoll_pair``; the cases run here also ``mode: longpoll`` (kept out of the fan-out
+    tables, which compare against bare)."""
+    pair = f"n={n}"
+    ws = next(
+        (
+            c
+            for c in reversed(done)
+            if c["kind"] == "ours-uvicorn-sansio"
+            and c["n"] == n
+            and c.get("mode") is None
+            and c.get("status") == "ok"
+            and c.get("emitted_with") == ["ours-uvicorn-sansio"]
+            and c.get("wire_bytes_per_delivery")
+        ),
+        None,
+    )
+    kinds = ["ours-longpoll"]
+    if ws is not None:
+        ws["longpoll_pair"] = pair
+        log(f"long-poll n={n}: WebSocket side = the ours-uvicorn-sansio case that ran alone")
+    else:
+        kinds.insert(0, "ours-uvicorn-sansio")
+    out: list[dict] = []
+    for kind in kinds:
+        for case in await run_size(n, [kind], args, ctx):
+            case.update(mode="longpoll", longpoll_pair=pair)
+            out.append(case)
+    lp = longpoll_rows([*done, *out]).get(pair)
+    if lp and lp.get("ratio"):
+        r = lp["ratio"]
+        log(
+            f"long-poll n={n} vs WebSocket: bytes/delivery {r.get('bytes_per_delivery')}x, "
+            f"server CPU/delivery {r.get('cpu_phase')}x (whole phase), "
+            f"fan-out p50 {r.get('fanout_p50')}x, p99 {r.get('fanout_p99')}x"
+        )
+    return out
+
+
 class LoadMeter:
     """How busy the machine was, and with what, between creation and ``result()``.
 
@@ -555,6 +632,28 @@ class LoadMeter:
         }
 
 
+async def settle(server: ServerGroup, *, below: float = 0.05, limit: float = 60.0) -> float:
+    """Wait until the server uses less than ``below`` of a core over a second (at most
+    ``limit`` s); returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        cpu0, m0 = server.cpu(), time.monotonic()
+        await asyncio.sleep(1.0)
+        if (server.cpu() - cpu0) / (time.monotonic() - m0) < below:
+            break
+    return _r(time.monotonic() - start, 1)
+
+
+def _threads(pids: list[int]) -> int | None:
+    """OS threads of the server processes (a Django request waiting holds one)."""
+    import psutil
+
+    try:
+        return sum(psutil.Process(pid).num_threads() for pid in pids)
+    except psutil.Error:
+        return None
+
+
 def _safe(fn: Any) -> float:
     try:
         return fn()
@@ -592,7 +691,9 @@ def stop_profiler(profiler: Any) -> str:
     return str(out)
 
 
-def summarize(case: dict, emits: list[dict], clients: ClientPool) -> None:
+def summarize(
+    case: dict, emits: list[dict], clients: ClientPool, *, phase_cpu_s: float | None = None
+) -> None:
     merged: dict[int, dict] = {}
     for stats in clients.stats:
         if not stats:
@@ -652,8 +753,62 @@ def summarize(case: dict, emits: list[dict], clients: ClientPool) -> None:
             client_cpu / cpu_idle_adj_deliveries * 1e6 if cpu_idle_adj_deliveries else None, 1
         ),
         closed_during_run=sum(s["closed_after_hello"] for s in clients.stats if s),
-        per_notification=rows,
     )
+    deliveries = case["deliveries"]
+    if phase_cpu_s is not None and deliveries:
+        # Every emit window and the gaps between them, idle rate subtracted: includes work
+        # that follows a delivery (a long-poll client's next request).
+        case["server_cpu_us_per_delivery_phase"] = _r(phase_cpu_s / deliveries * 1e6, 1)
+    wire(case, [s["bytes"] for s in clients.stats if s and s.get("bytes")], merged)
+    case["per_notification"] = rows
+
+
+def wire(case: dict, counts: list[dict], merged: dict[int, dict]) -> None:
+    """Bytes on the wire per delivered notification, counted by the clients on their sockets
+    (payload written and read; TCP/IP headers and ACKs are not counted, on either path).
+
+    WebSocket: the notification frames (frame header + payload) received; the client sends
+    nothing per notification. Long-poll: the request and the whole response (status line,
+    headers, body) of each exchange that delivered notifications, divided by the
+    notifications delivered; empty answers (the server's timeout) are reported apart."""
+    if not counts:
+        return
+    path = counts[0].get("path")
+
+    def total(key: str) -> int:
+        return sum(c.get(key, 0) for c in counts)
+
+    if path == "websocket":
+        frames = sum(m["count"] for m in merged.values())
+        if frames:
+            rx = total("notification_frames")
+            case.update(
+                wire_path="websocket",
+                wire_bytes_per_delivery=_r(rx / frames, 1),
+                wire_rx_per_delivery=_r(rx / frames, 1),
+                wire_tx_per_delivery=0,
+                wire_deliveries=frames,
+            )
+    elif path == "longpoll":
+        delivered = total("delivered")
+        if delivered:
+            tx, rx = total("delivery_tx"), total("delivery_rx")
+            case.update(
+                wire_path="longpoll",
+                wire_bytes_per_delivery=_r((tx + rx) / delivered, 1),
+                wire_rx_per_delivery=_r(rx / delivered, 1),
+                wire_tx_per_delivery=_r(tx / delivered, 1),
+                wire_deliveries=delivered,
+                longpoll_exchanges=total("delivery_exchanges"),
+                longpoll_empty_answers=total("empty_exchanges"),
+                longpoll_empty_bytes=total("empty_tx") + total("empty_rx"),
+                longpoll_setup_bytes_per_client=_r(
+                    (total("setup_tx") + total("setup_rx")) / max(1, case.get("connected") or 1),
+                    1,
+                ),
+                longpoll_reconnects=total("reconnects"),
+                longpoll_http_errors=total("http_errors"),
+            )
 
 
 # Environment: database, Redis ----------------------------------------------------------------
@@ -1038,7 +1193,7 @@ async def run_steady(args: argparse.Namespace, ctx: dict) -> dict:
 
 def ratios(cases: list[dict]) -> dict:
     """Each kind of ours against the bare server it ran with (or any bare at that N)."""
-    plain = [c for c in cases if c.get("mode") != "steady"]
+    plain = [c for c in cases if c.get("mode") is None]  # not steady, not the long-poll runs
     out: dict[str, dict] = {}
     for c in plain:
         kind, n = c["kind"], c["n"]
@@ -1068,6 +1223,112 @@ def ratios(cases: list[dict]) -> dict:
     return out
 
 
+LONGPOLL_FIGURES = (
+    "connected", "handshakes_per_s", "rss_per_conn_kib", "notifications", "completed",
+    "deliveries", "server_threads", "wire_bytes_per_delivery", "wire_tx_per_delivery",
+    "wire_rx_per_delivery",
+    "server_cpu_us_per_delivery", "server_cpu_us_per_delivery_phase", "fanout_p50_ms",
+    "fanout_p99_ms", "latency_p50_ms", "latency_p99_ms", "client_cpu_us_per_frame",
+    "foreign_cpu_pct", "status", "longpoll_exchanges", "longpoll_empty_answers",
+    "longpoll_setup_bytes_per_client", "longpoll_reconnects", "longpoll_http_errors",
+)  # fmt: skip
+
+
+def longpoll_rows(cases: list[dict]) -> dict[str, dict]:
+    """Per ``longpoll_pair``: the WebSocket side, the long-poll side and long-poll / WebSocket."""
+    out: dict[str, dict] = {}
+    for c in cases:
+        pair = c.get("longpoll_pair")
+        if not pair:
+            continue
+        side = "longpoll" if c["kind"] == "ours-longpoll" else "websocket"
+        entry = out.setdefault(pair, {"n": c["n"]})
+        entry[side] = {"kind": c["kind"], **{k: c.get(k) for k in LONGPOLL_FIGURES}}
+    for entry in out.values():
+        lp, ws = entry.get("longpoll"), entry.get("websocket")
+        if not (lp and ws):
+            continue
+
+        def ratio(key: str, a: dict = lp, b: dict = ws) -> float | None:
+            return _r(a[key] / b[key]) if a.get(key) and b.get(key) else None
+
+        entry["ratio"] = {
+            "bytes_per_delivery": ratio("wire_bytes_per_delivery"),
+            "server_to_client_bytes": ratio("wire_rx_per_delivery"),
+            "cpu_window": ratio("server_cpu_us_per_delivery"),
+            "cpu_phase": ratio("server_cpu_us_per_delivery_phase"),
+            "fanout_p50": ratio("fanout_p50_ms"),
+            "fanout_p99": ratio("fanout_p99_ms"),
+            "latency_p50": ratio("latency_p50_ms"),
+            "rss_per_conn": ratio("rss_per_conn_kib"),
+        }
+    return out
+
+
+def longpoll_table(cases: list[dict]) -> str:
+    """The long-poll baseline against our WebSocket path (``ours-longpoll`` runs)."""
+    rows = longpoll_rows(cases)
+    if not rows:
+        return ""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    lines = [
+        "Long-poll baseline against the WebSocket path (each alone, same N, one after the "
+        "other; bytes counted by the clients on their sockets, request + response for "
+        "long-poll, frame header + payload for WebSocket):",
+        "",
+        "| path | N | conn | bytes/delivery (client→server + server→client) | "
+        "server CPU µs/delivery: fan-out window / whole phase | fan-out p50 ms | p99 ms | "
+        "latency p50/p99 ms | RSS KiB/conn | server threads | client CPU µs/delivery | status | "
+        "others' CPU % |",
+        "|" + "---|" * 13,
+    ]
+    ratios_text = []
+    for entry in sorted(rows.values(), key=lambda e: e["n"]):
+        for side in ("websocket", "longpoll"):
+            c = entry.get(side)
+            if not c:
+                continue
+            status = c["status"] + (
+                f" ({c['completed']}/{c['notifications']})" if c.get("notifications") else ""
+            )
+            lines.append(
+                f"| {side} ({c['kind']}) | {entry['n']} | {f(c.get('connected'))} | "
+                f"{f(c.get('wire_bytes_per_delivery'))} ({f(c.get('wire_tx_per_delivery'))} + "
+                f"{f(c.get('wire_rx_per_delivery'))}) | "
+                f"{f(c.get('server_cpu_us_per_delivery'))} / "
+                f"{f(c.get('server_cpu_us_per_delivery_phase'))} | "
+                f"{f(c.get('fanout_p50_ms'))} | {f(c.get('fanout_p99_ms'))} | "
+                f"{f(c.get('latency_p50_ms'))} / {f(c.get('latency_p99_ms'))} | "
+                f"{f(c.get('rss_per_conn_kib'))} | {f(c.get('server_threads'))} | "
+                f"{f(c.get('client_cpu_us_per_frame'))} | "
+                f"{status} | {f(c.get('foreign_cpu_pct'))} |"
+            )
+        r = entry.get("ratio")
+        if r:
+            ratios_text.append(
+                f"- long-poll / WebSocket at N={entry['n']}: bytes per delivery "
+                f"{f(r['bytes_per_delivery'])}x (server→client alone "
+                f"{f(r['server_to_client_bytes'])}x); server CPU per delivery "
+                f"{f(r['cpu_phase'])}x over the whole phase ({f(r['cpu_window'])}x in the "
+                f"fan-out windows); fan-out p50 {f(r['fanout_p50'])}x, p99 {f(r['fanout_p99'])}x;"
+                f" RSS per connection {f(r['rss_per_conn'])}x"
+            )
+        lp = entry.get("longpoll") or {}
+        if lp.get("longpoll_exchanges") is not None:
+            ratios_text.append(
+                f"  (long-poll at N={entry['n']}: {lp.get('longpoll_exchanges')} answers carried "
+                f"{lp.get('deliveries')} notifications; {lp.get('longpoll_empty_answers')} empty "
+                f"answers (timeouts); first request + answer "
+                f"{lp.get('longpoll_setup_bytes_per_client')} bytes a client; "
+                f"{lp.get('longpoll_reconnects')} reconnects, "
+                f"{lp.get('longpoll_http_errors')} HTTP errors)"
+            )
+    return "\n".join([*lines, "", *ratios_text])
+
+
 def compact_table(cases: list[dict], summary: dict) -> str:
     """The table docs/performance.md shows."""
     lines = [
@@ -1076,7 +1337,7 @@ def compact_table(cases: list[dict], summary: dict) -> str:
         "|" + "---|" * 9,
     ]
     for c in cases:
-        if c.get("mode") == "steady" or c.get("status") == "skipped":
+        if c.get("mode") is not None or c.get("status") == "skipped":
             continue
         r = summary.get(f"{c['kind']}@{c['n']}", {})
         vs = (
@@ -1105,7 +1366,7 @@ def table(cases: list[dict], summary: dict) -> str:
         return "-" if v is None else str(v)
 
     for c in cases:
-        if c.get("mode") == "steady":
+        if c.get("mode") is not None:
             continue
         r = summary.get(f"{c['kind']}@{c['n']}", {})
         vs = (
@@ -1172,7 +1433,7 @@ def plot(cases: list[dict], path: Path, title: str) -> None:
         "stock": "stock Channels group_send",
     }
     kinds = sorted(
-        {c["kind"] for c in cases if c.get("mode") != "steady"},
+        {c["kind"] for c in cases if c.get("mode") is None},
         key=lambda k: KINDS.index(k) if k in KINDS else 99,
     )
     for kind in kinds:
@@ -1180,7 +1441,7 @@ def plot(cases: list[dict], path: Path, title: str) -> None:
             (
                 c
                 for c in cases
-                if c["kind"] == kind and c.get("fanout_p50_ms") and c.get("mode") != "steady"
+                if c["kind"] == kind and c.get("fanout_p50_ms") and c.get("mode") is None
             ),
             key=lambda c: c["n"],
         )
@@ -1216,7 +1477,12 @@ def plot(cases: list[dict], path: Path, title: str) -> None:
             alpha=0.6,
         )
         for c in cases:
-            if c["kind"] == kind and c["status"] == "dnf" and not c.get("fanout_p50_ms"):
+            if (
+                c["kind"] == kind
+                and c["status"] == "dnf"
+                and not c.get("fanout_p50_ms")
+                and c.get("mode") is None
+            ):
                 ax.annotate("did not finish", (c["n"], ax.get_ylim()[1]), color=color)
     ax.set_xlabel("connected clients (N)")
     ax.set_ylabel("emit → last client received (ms), solid p50, dotted p99")
@@ -1249,8 +1515,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1000,5000,10000", help="comma separated N")
     p.add_argument(
         "--servers",
-        default="bare,ours-daphne,ours-uvicorn,ours-uvicorn-sansio,ours-uvicorn-2p,stock",
-        help=f"comma separated, from: {', '.join(KINDS)}",
+        default=(
+            "bare,ours-daphne,ours-uvicorn,ours-uvicorn-sansio,ours-uvicorn-2p,stock,ours-longpoll"
+        ),
+        help=f"comma separated, from: {', '.join(KINDS)} (ours-longpoll: the long-poll "
+        "baseline, run at --longpoll-sizes against ours-uvicorn-sansio)",
+    )
+    p.add_argument(
+        "--longpoll-sizes",
+        default="1000",
+        help="comma separated N at which the long-poll baseline (ours-longpoll in --servers) "
+        "runs, each after ours-uvicorn-sansio alone at the same N; empty: none",
+    )
+    p.add_argument(
+        "--longpoll-whitenoise",
+        action="store_true",
+        help="keep the project's sync-only WhiteNoise middleware in the long-poll server "
+        "(one thread held per waiting request; see bench/servers/longpoll_settings.py)",
     )
     p.add_argument(
         "--replot",
@@ -1329,7 +1610,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--steady-server",
         default="ours-uvicorn",
-        choices=[k for k in KINDS if k.startswith("ours")],
+        choices=[k for k in KINDS if k.startswith("ours") and k != "ours-longpoll"],
     )
     p.add_argument("--steady-clients", type=int, default=10000)
     p.add_argument("--steady-rate", type=float, default=1000.0, help="notifications per second")
@@ -1343,6 +1624,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steady-emitters", type=int, default=4, help="notify() threads")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.longpoll_sizes = [int(s) for s in args.longpoll_sizes.split(",") if s.strip()]
     args.kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     for kind in args.kinds:
         if kind not in KINDS:
@@ -1360,7 +1642,9 @@ async def amain(args: argparse.Namespace, ctx: dict) -> dict:
     stock_stopped = False
     if not args.steady_only:
         for n in args.sizes:
-            kinds = list(args.kinds)
+            kinds = [k for k in args.kinds if k != "ours-longpoll"]
+            if not kinds:
+                break
             if "stock" in kinds and (stock_stopped or n > args.stock_max):
                 log(f"stock n={n}: skipped (did not finish at a smaller N, or above --stock-max)")
                 kinds.remove("stock")
@@ -1372,6 +1656,11 @@ async def amain(args: argparse.Namespace, ctx: dict) -> dict:
             # What is done so far, in case a later size fails or the run is stopped.
             partial = Path(args.out) / "partial.json"
             partial.write_text(json.dumps({"cases": cases}, indent=1))
+        if "ours-longpoll" in args.kinds:
+            for n in args.longpoll_sizes:
+                cases.extend(await run_longpoll(n, args, ctx, cases))
+                partial = Path(args.out) / "partial.json"
+                partial.write_text(json.dumps({"cases": cases}, indent=1))
     if args.steady or args.steady_only:
         cases.append(await run_steady(args, ctx))
     return {"cases": cases}
@@ -1454,9 +1743,12 @@ def main(argv: list[str] | None = None) -> None:
             "database": args.database,
             "redis_url": args.redis_url,
             "notifications_override": args.notifications or None,
+            "longpoll_sizes": args.longpoll_sizes if "ours-longpoll" in args.kinds else [],
+            "longpoll_whitenoise": args.longpoll_whitenoise,
         },
         "code": code,
         "summary": summary,
+        "longpoll": longpoll_rows(result["cases"]),
         **result,
     }
     (out / "latest.json").write_text(json.dumps(result, indent=1))
@@ -1473,6 +1765,9 @@ def report(result: dict, out: Path) -> None:
         + "\n\nAll columns:\n\n"
         + table(result["cases"], summary)
     )
+    lp = longpoll_table(result["cases"])
+    if lp:
+        md += "\n\n" + lp
     what = f"{cores} cores, code {code['head']}" + (
         " + uncommitted changes" if code["dirty"] else ""
     )

@@ -9,6 +9,9 @@ Kinds (``--servers`` of ``bench.run``):
 - ``ours-daphne-2p`` / ``ours-uvicorn-2p``: two such processes on two ports sharing Redis and the
   database; the clients are split between them.
 - ``stock``: stock Django Channels group fan-out (``stock_channels.py``) served by daphne.
+- ``ours-longpoll``: the long-polling baseline (``longpoll.py``: an async Django view at
+  ``/longpoll/`` beside the project's routes, ``longpoll_asgi.py``, ``longpoll_settings.py``)
+  served by uvicorn like ``ours-uvicorn-sansio``; its clients are ``bench/longpoll_clients.py``.
 
 Every server listens on 127.0.0.1 only, with a listen backlog of 4096, and server-side
 keepalive pings pushed out to ``ping_interval`` seconds (default 600) for every kind alike, so
@@ -32,6 +35,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent.parent
 PY = sys.executable
 
+# The production server's HTTP protocol (the Dockerfile's): httptools with a deadline on the
+# request head.
+HTTP_PROTOCOL = "notifications.realtime.uvicorn_http:HttpToolsProtocol"
+
 KINDS = (
     "bare",
     "ours-daphne",
@@ -40,6 +47,7 @@ KINDS = (
     "ours-daphne-2p",
     "ours-uvicorn-2p",
     "stock",
+    "ours-longpoll",
 )
 
 
@@ -100,14 +108,21 @@ def command(kind: str, port: int, *, redis_url: str, channel: str, ping_interval
     if kind.startswith("ours-daphne"):
         return [PY, "-m", "daphne", "-e", endpoint, "--ping-interval", ping,
                 "project.asgi:application"]  # fmt: skip
-    if kind.startswith("ours-uvicorn"):
-        ws = "websockets-sansio" if kind == "ours-uvicorn-sansio" else "websockets"
+    if kind.startswith("ours-uvicorn") or kind == "ours-longpoll":
+        # ours-longpoll: uvicorn as for ours-uvicorn-sansio (its clients use HTTP only)
+        ws = "websockets" if kind in ("ours-uvicorn", "ours-uvicorn-2p") else "websockets-sansio"
+        app = (
+            "bench.servers.longpoll_asgi:application"
+            if kind == "ours-longpoll"
+            else "project.asgi:application"
+        )
         options = (
             f"--host 127.0.0.1 --port {port} --ws {ws} --ws-per-message-deflate false "
-            f"--backlog 4096 --http httptools --loop uvloop --lifespan off --log-level warning "
+            f"--backlog 4096 --http {HTTP_PROTOCOL} --loop uvloop --lifespan off "
+            f"--log-level warning "
             f"--ws-ping-interval {ping} --ws-ping-timeout {ping}"
         )
-        return [PY, "-m", "uvicorn", "project.asgi:application", *options.split()]
+        return [PY, "-m", "uvicorn", app, *options.split()]
     if kind == "bare":
         options = (
             f"--port {port} --redis-url {redis_url} --channel {channel} --ping-interval {ping}"
@@ -141,15 +156,18 @@ class ServerGroup:
 
     @property
     def urls(self) -> list[str]:
+        if self.kind == "ours-longpoll":
+            return [f"http://127.0.0.1:{port}/longpoll/" for port in self.ports]
         return [f"ws://127.0.0.1:{port}/ws/notifications/" for port in self.ports]
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
-    def start(self, timeout: float = 60) -> ServerGroup:
+    def start(self, timeout: float = 60, ports: list[int] | None = None) -> ServerGroup:
+        """Start the processes, on free ports or on ``ports`` (a restart on the same ones)."""
         for i in range(self.count):
-            port = free_port()
+            port = ports[i] if ports else free_port()
             log = self.log_dir / f"{self.kind}-{port}.log"
             cmd = command(
                 self.kind,
@@ -194,7 +212,14 @@ class ServerGroup:
         return all(p.poll() is None for p in self.processes)
 
     def cpu(self) -> float:
-        """CPU seconds (user + system) of all processes of the group, to the nanosecond."""
+        """CPU seconds (user + system) of all processes of the group, to the nanosecond.
+
+        ``ours-longpoll``: from ``/proc/PID/stat`` (10 ms ticks) instead, which keeps the time
+        of threads that ended: Django runs each request's ``sync_to_async`` calls on a thread
+        of the request's own and ends it with the request, so the live threads' schedstat
+        would miss most of that server's work."""
+        if self.kind == "ours-longpoll":
+            return sum(process_cpu_with_exited(p) for p in self._ps)
         return sum(process_cpu(p) for p in self._ps)
 
     def rss(self) -> int:
@@ -229,6 +254,13 @@ def process_cpu(p: psutil.Process) -> float:
     except (OSError, ValueError, IndexError):
         t = p.cpu_times()
         return t.user + t.system
+
+
+def process_cpu_with_exited(p: psutil.Process) -> float:
+    """CPU seconds of a process including threads that have ended (``/proc/PID/stat``
+    utime + stime, in clock ticks of 10 ms)."""
+    t = p.cpu_times()
+    return t.user + t.system
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -1,0 +1,688 @@
+"""Restart benchmark: N clients reconnect with resume cursors after a server restart.
+
+    .venv/bin/python -m bench.restart [--clients 10000] [--server uvicorn-sansio|uvicorn|daphne]
+        [--missed 20] [--kill] [--out bench/results/restart-latest.json]
+
+1. Start the server as ``bench.run`` does (production settings from the environment, a fresh
+   migrated SQLite database, Redis; ``bench/servers``), connect N anonymous clients (client
+   processes of ``bench/clients.py`` in resume mode) and wait for every ``hello``.
+2. Emit ``--live`` notifications to everyone with ``anotify`` (each after every client got the
+   previous one); each client keeps the highest id it received as its cursor.
+3. Stop the server (SIGTERM, or SIGKILL with ``--kill``). Each client sees its socket close and
+   reconnects as ``notifications.js`` does: full-jitter exponential backoff (a random delay in
+   ``[0, min(15 s, 0.5 s * 2^attempt)]``), ``?cursor=<the highest id it received>``.
+4. While the server is down, emit ``--missed`` notifications: stored, their publish reaches no
+   one.
+5. Start the server again on the same port. Measure the time from listening until every client
+   has ``replayed`` again, handshakes per second during the storm, and every failed reconnect
+   attempt dialled after the server listened (HTTP errors, resets, timeouts, refusals); then
+   emit ``--after`` more live notifications.
+6. Compare, per client, every notification id received (duplicates counted) with the ids
+   committed in the database: nothing lost, nothing twice, ids increasing on each connection.
+
+Writes ``--out`` (JSON). Exit status 0 only when every client connected and reconnected, none of
+the reconnect attempts after the restart failed, and no client lost, duplicated or reordered an
+id. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .run import (
+    ClientPool,
+    LoadMeter,
+    _children,
+    _cleanup,
+    _r,
+    _remove_stale_temp,
+    _versions,
+    check_loopback,
+    flush_redis,
+    log,
+    pct,
+    setup_database,
+    setup_django,
+    snapshot,
+    start_profiler,
+    stop_profiler,
+)
+from .servers import ServerGroup, project_env
+
+SERVERS = {
+    "uvicorn-sansio": "ours-uvicorn-sansio",
+    "uvicorn": "ours-uvicorn",
+    "daphne": "ours-daphne",
+}
+
+
+# Client processes: queries of the resume mode ------------------------------------------------
+
+
+async def query(clients: ClientPool, command: str, timeout: float = 60) -> list[dict]:
+    """Send ``command`` to every client process; return their ``stats`` answers."""
+    clients.stats = [None] * len(clients.procs)
+    await clients._send(command)
+    if not await clients._wait(lambda: all(s is not None for s in clients.stats), timeout):
+        raise RuntimeError(f"the client processes did not answer {command.split()[0]!r}")
+    kind = command.split()[0]
+    answers = [s for s in clients.stats if s is not None]
+    if any(a.get("kind") != kind for a in answers):
+        raise RuntimeError(f"unexpected answer to {kind!r}")
+    return answers
+
+
+async def progress(clients: ClientPool) -> dict:
+    answers = await query(clients, "progress")
+    failed: Counter[str] = Counter()
+    for a in answers:
+        failed.update(a["dial_failures"])
+    return {
+        "open": sum(a["open"] for a in answers),
+        "resumed": sum(a["resumed"] for a in answers),
+        "dials": sum(a["dials"] for a in answers),
+        "failed": dict(failed),
+    }
+
+
+# Server ----------------------------------------------------------------------------------------
+
+
+def stop_server(server: ServerGroup, kill: bool) -> bool:
+    """SIGTERM (graceful, up to 60 s, then SIGKILL) or SIGKILL; True if it had to be killed."""
+    forced = False
+    for proc in server.processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    for proc in server.processes:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            forced = True
+            proc.kill()
+            proc.wait(10)
+    if server in _children:
+        _children.remove(server)
+    return forced
+
+
+def log_problems(server: ServerGroup) -> dict[str, int]:
+    """Warnings, errors and tracebacks in a server's log, by their first words; and the
+    app's ``ws.connect`` (accepted), ``ws.error`` (failed, e.g. the client had gone) and
+    ``ws.reject`` lines."""
+    found: Counter[str] = Counter()
+    for path in server.logs:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            for event in (" ws.connect ", " ws.error ", " ws.reject "):
+                if event in line:
+                    found[event.strip()] += 1
+            for level in (" WARNING ", " ERROR ", " CRITICAL "):
+                if level in line:
+                    found[level.strip() + " " + line.split(level, 1)[1][:80]] += 1
+            if line.startswith("Traceback"):
+                found["Traceback"] += 1
+    return dict(found)
+
+
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts", "TCPAbortOnData")
+
+
+def tcp_counters() -> dict[str, int]:
+    """Machine-wide TCP counters (``/proc/net/netstat``; other processes' sockets included):
+    accept-queue overflows and the SYN retransmissions they cause."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            return {k: int(row[k]) for k in TCP_COUNTERS if k in row}
+    return {}
+
+
+def committed_ids(after: int) -> list[int]:
+    from notifications.models import Event
+
+    return list(Event.objects.filter(id__gt=after).order_by("id").values_list("id", flat=True))
+
+
+def newest_id() -> int:
+    from django.db.models import Max
+
+    from notifications.models import Event
+
+    return Event.objects.aggregate(m=Max("id"))["m"] or 0
+
+
+# The scenario ----------------------------------------------------------------------------------
+
+
+async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
+    from asgiref.sync import sync_to_async
+
+    from .emitters import OursEmitter
+
+    kind, n = SERVERS[args.server], args.clients
+    out: dict[str, Any] = {"server": kind, "n": n, "status": "ok"}
+    flush_redis(args.redis_url)
+    base_id = await sync_to_async(newest_id)()
+    servers: list[ServerGroup] = []
+
+    def server_group(name: str) -> ServerGroup:
+        log_dir = ctx["tmp"] / name
+        log_dir.mkdir()
+        group = ServerGroup(
+            kind,
+            env=ctx["project_env"],
+            redis_url=args.redis_url,
+            log_dir=log_dir,
+            ping_interval=args.ping_interval,
+            cwd=ctx["src"],
+        )
+        servers.append(group)
+        _children.append(group)
+        return group
+
+    emitter = OursEmitter()
+    emitted: dict[str, list[int]] = {"live": [], "missed": [], "after": []}
+    clients: ClientPool | None = None
+    profiler = None
+    try:
+        # 1. Server and N clients ---------------------------------------------------------
+        first = server_group("first")
+        await asyncio.to_thread(first.start)
+        port = first.ports[0]
+        out["first_pid"] = first.pids[0]
+        clients = ClientPool(
+            first.urls,
+            n,
+            args.per_process,
+            log_dir=ctx["tmp"],
+            spread_sources=n > args.spread_above,
+            concurrency=args.concurrency,
+            cwd=ctx["src"],
+        )
+        await clients.start()
+        resume = {
+            "base": args.backoff_base,
+            "cap": args.backoff_cap,
+            "stable": args.stable_after,
+            "timeout": args.connect_timeout,
+        }
+        await clients._send("resume " + json.dumps(resume))
+        log(
+            f"{kind} pid {first.pids[0]} on port {port}; {len(clients.procs)} client processes; "
+            f"connecting {n}"
+        )
+        await clients.connect(timeout=60 + n / 100)
+        ready = [r for r in clients.ready if r]
+        ramp = max(r["end"] for r in ready) - min(r["start"] for r in ready) if ready else 0
+        connected = clients.open
+        out["connect"] = {
+            "connected": connected,
+            "failures": sum(r["failures"] for r in ready) + (n - sum(r["n"] for r in ready)),
+            "retries": sum(r["retries"] for r in ready),
+            "ramp_s": _r(ramp, 3),
+            "handshakes_per_s": _r(connected / ramp if ramp > 0 else None, 0),
+        }
+        log(f"{connected}/{n} connected in {ramp:.2f}s ({out['connect']['handshakes_per_s']}/s)")
+        if connected != n:
+            out["status"] = "connect-failed"
+            return out
+
+        # 2. Live notifications -----------------------------------------------------------
+        await asyncio.sleep(1.0)
+        for seq in range(1, args.live + 1):
+            event_id, t = await emitter.emit(seq)
+            emitted["live"].append(event_id)
+            ok = await clients.wait_done(event_id, args.timeout)
+            last = max((v[1] for v in clients.done.get(event_id, {}).values()), default=t)
+            log(
+                f"live {seq}/{args.live} (id {event_id}): "
+                + (f"all {n} got it in {(last - t) * 1000:.1f} ms" if ok else "TIMEOUT")
+            )
+            if not ok:
+                out["status"] = "live-timeout"
+                return out
+            await asyncio.sleep(args.gap)
+
+        # 3. Stop the server --------------------------------------------------------------
+        how = "SIGKILL" if args.kill else "SIGTERM"
+        t_signal = time.time()
+        forced = await asyncio.to_thread(stop_server, first, args.kill)
+        t_exit = time.time()
+        log(
+            f"server stopped with {how} in {t_exit - t_signal:.2f}s"
+            + (" (did not exit within 60 s: killed)" if forced else "")
+        )
+        deadline = time.monotonic() + 30
+        while (p := await progress(clients))["open"] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        log(
+            f"{connected - p['open']}/{connected} clients saw the close; "
+            f"{p['dials']} reconnect attempts so far (refused while the server is down)"
+        )
+        out["stop"] = {
+            "signal": how,
+            "exit_s": _r(t_exit - t_signal, 3),
+            "forced_kill": forced,
+        }
+
+        # 4. Notifications while the server is down -----------------------------------------
+        for seq in range(1, args.missed + 1):
+            event_id, _ = await emitter.emit(seq)
+            emitted["missed"].append(event_id)
+        log(
+            f"emitted {args.missed} notifications while down (ids {emitted['missed'][:1]}.."
+            f"{emitted['missed'][-1:]})"
+        )
+        if args.down_extra > 0:
+            await asyncio.sleep(args.down_extra)
+
+        # 5. Restart on the same port; the reconnect storm --------------------------------------
+        second = server_group("second")
+        tcp0 = tcp_counters()
+        t_spawn = time.time()
+        await asyncio.to_thread(second.start, 60, [port])
+        t_probe = time.time()
+        cpu0 = second.cpu()
+        meter = LoadMeter([second], [clients])
+        if args.py_spy:
+            where = argparse.Namespace(
+                py_spy=args.py_spy, py_spy_idle=False, out=str(Path(args.out).parent)
+            )
+            profiler = start_profiler(where, "restart-" + kind, n, second.pids[0])
+        log(
+            f"restarted: pid {second.pids[0]} listening {t_probe - t_spawn:.2f}s after spawn; "
+            f"server down {t_probe - t_signal:.2f}s in all"
+        )
+        deadline = time.monotonic() + args.storm_timeout
+        while True:
+            p = await progress(clients)
+            failed = sum(p["failed"].values())
+            log(
+                f"  +{time.time() - t_probe:5.1f}s: {p['resumed']}/{connected} back (replayed), "
+                f"{p['open']} open, {p['dials']} reconnect attempts, {failed} failed in all"
+            )
+            if p["resumed"] >= connected:
+                break
+            if time.monotonic() > deadline or not second.alive():
+                out["status"] = "storm-timeout" if second.alive() else "server-died"
+                break
+            await asyncio.sleep(1.0)
+        t_back = time.time()
+        cpu1 = second.cpu()
+        out["storm_load"] = meter.result()
+        tcp1 = tcp_counters()
+        out["storm_tcp_counters"] = {k: tcp1[k] - tcp0[k] for k in tcp1 if k in tcp0}
+        if profiler is not None:
+            out["profile"] = stop_profiler(profiler)
+            profiler = None
+        out["storm_server_cpu_s"] = _r(cpu1 - cpu0, 3)
+        out["server_rss_after_mib"] = _r(second.rss() / 2**20)
+
+        # 6. Live notifications after the restart -------------------------------------------
+        if out["status"] == "ok":
+            await asyncio.sleep(1.0)
+            for seq in range(1, args.after + 1):
+                event_id, t = await emitter.emit(seq)
+                emitted["after"].append(event_id)
+                ok = await clients.wait_done(event_id, args.timeout)
+                last = max((v[1] for v in clients.done.get(event_id, {}).values()), default=t)
+                log(
+                    f"after restart {seq}/{args.after} (id {event_id}): "
+                    + (f"all got it in {(last - t) * 1000:.1f} ms" if ok else "TIMEOUT")
+                )
+                if not ok:
+                    out["status"] = "after-timeout"
+                await asyncio.sleep(args.gap)
+        await asyncio.sleep(1.0)
+
+        # 7. Collect and verify ---------------------------------------------------------------
+        peers = [p for a in await query(clients, "peers", 120) for p in a["peers"]]
+        expected = await sync_to_async(committed_ids)(base_id)
+        times = dict(
+            t_signal=t_signal, t_exit=t_exit, t_spawn=t_spawn, t_probe=t_probe, t_back=t_back
+        )
+        storm = analyse_storm(peers, times)
+        failures = await query(clients, f"failures {storm['t_listen']}")
+        storm.update(failed_attempts(failures))
+        out["storm"] = storm
+        out["verify"] = verify(peers, expected, emitted)
+        out["emitted"] = {k: v for k, v in emitted.items()}
+        out["committed_ids"] = [expected[0], expected[-1], len(expected)] if expected else []
+        return out
+    except Exception as exc:
+        out["status"] = "error"
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"ERROR {out['error']}")
+        return out
+    finally:
+        if profiler is not None:
+            out["profile"] = stop_profiler(profiler)
+        out["server_log_counts"] = [log_problems(s) for s in servers]
+        out["server_log_tails"] = [s.output()[-3000:] for s in servers]
+        if clients is not None:
+            await clients.stop()
+        for s in servers:
+            s.stop()
+
+
+def analyse_storm(peers: list[list], t: dict[str, float]) -> dict:
+    """Reconnect figures from the peers' connection records (wall times of every process).
+
+    ``t_listen``: the earlier of the harness's first successful probe connect and the first
+    TCP connect of a client to the restarted server: the server listened by then. A reconnect
+    attempt dialled from then on found it listening all along.
+    """
+    # peer: [index, ids, conns, order_errors, dials, lost, open]; conn: [sent cursor, dial,
+    # hello, replayed, replayed count, complete, TCP connected]
+    post = [[c for c in p[2] if c[2] > t["t_exit"]] for p in peers]
+    connects = [c[6] for conns in post for c in conns]
+    t_listen = min([t["t_probe"], *connects])
+    back, hellos, handshake, replay, waited, counts = [], [], [], [], [], Counter()
+    not_back, incomplete, multi = 0, 0, 0
+    for p, conns in zip(peers, post, strict=True):
+        done = [c for c in conns if c[3] is not None]
+        if not (p[6] and conns and conns[-1][3] is not None and conns[-1][5] is True):
+            not_back += 1
+        if any(c[5] is False for c in done):
+            incomplete += 1
+        if len(conns) > 1:
+            multi += 1
+        if done:
+            back.append(done[0][3] - t_listen)
+        counts[sum(c[4] or 0 for c in done)] += 1
+        for c in conns:
+            hellos.append(c[2])
+            handshake.append(c[2] - c[1])
+            waited.append(c[1] - t_listen)
+            if c[3] is not None:
+                replay.append(c[3] - c[2])
+    closed = [min((x for x in p[5] if x >= t["t_signal"]), default=None) for p in peers]
+    closed = [x - t["t_signal"] for x in closed if x is not None]
+    span = max(hellos) - t_listen if hellos else None
+    timeline: Counter[int] = Counter(int(h - t_listen) for h in hellos)
+
+    def ms(values: list[float], q: float) -> float | None:
+        v = pct(values, q)
+        return None if v is None else _r(v * 1000, 1)
+
+    return {
+        "t_listen": t_listen,
+        "down_s": _r(t_listen - t["t_signal"], 3),
+        "listen_after_spawn_s": _r(t_listen - t["t_spawn"], 3),
+        "close_seen_p50_ms": ms(closed, 50),
+        "close_seen_max_ms": ms(closed, 100),
+        "clients_saw_close": len(closed),
+        "peers_back": len(peers) - not_back,
+        "peers_not_back": not_back,
+        "reconnect_all_s": _r(max(back), 3) if back else None,
+        "reconnect_p50_s": _r(pct(back, 50), 3),
+        "reconnect_p90_s": _r(pct(back, 90), 3),
+        "reconnect_p99_s": _r(pct(back, 99), 3),
+        "handshakes": len(hellos),
+        "handshakes_per_s": _r(len(hellos) / span, 0) if span else None,
+        "handshakes_peak_1s": max(timeline.values()) if timeline else 0,
+        "handshakes_per_second": [timeline.get(i, 0) for i in range(max(timeline) + 1)]
+        if timeline
+        else [],
+        "dial_to_hello_p50_ms": ms(handshake, 50),
+        "dial_to_hello_p99_ms": ms(handshake, 99),
+        "dial_to_hello_max_ms": ms(handshake, 100),
+        "hello_to_replayed_p50_ms": ms(replay, 50),
+        "hello_to_replayed_p99_ms": ms(replay, 99),
+        "hello_to_replayed_max_ms": ms(replay, 100),
+        "successful_dial_after_listen_p50_s": _r(pct(waited, 50), 3),
+        "successful_dial_after_listen_max_s": _r(max(waited), 3) if waited else None,
+        "peers_with_several_connections": multi,
+        "incomplete_replays": incomplete,
+        "replayed_count_per_peer": {str(k): v for k, v in sorted(counts.items())},
+        "dials_per_peer_max": max((p[4] for p in peers), default=0),
+        "dials_per_peer_mean": _r(sum(p[4] for p in peers) / len(peers), 2) if peers else None,
+    }
+
+
+def failed_attempts(answers: list[dict]) -> dict:
+    """Failed reconnect attempts by error, dialled before the listen and after it (with the
+    second after the listen each one was dialled in)."""
+    before: Counter[str] = Counter()
+    after: Counter[str] = Counter()
+    seconds: dict[str, Counter[int]] = {}
+    for a in answers:
+        before.update(a["before"])
+        after.update(a["after"])
+        for name, per in a["after_per_second"].items():
+            seconds.setdefault(name, Counter()).update({int(k): v for k, v in per.items()})
+    return {
+        "failed_before_listen": dict(before),
+        "failed_before_listen_total": sum(before.values()),
+        "failed_after_listen": dict(after),
+        "failed_after_listen_total": sum(after.values()),
+        "failed_after_listen_by_dial_second": {
+            name: [per.get(i, 0) for i in range(max(per) + 1)] for name, per in seconds.items()
+        },
+    }
+
+
+def verify(peers: list[list], expected: list[int], emitted: dict) -> dict:
+    """Per client: the ids received (with repeats) against the committed ids."""
+    want = set(expected)
+    phase = {i: name for name, ids in emitted.items() for i in ids}
+    lost_by_phase: Counter[str] = Counter()
+    lost = dup = extra = order = 0
+    peers_lost = peers_dup = 0
+    examples: list[dict] = []
+    for p in peers:
+        got = Counter(p[1])
+        missing = [i for i in expected if i not in got]
+        twice = sum(c - 1 for c in got.values() if c > 1)
+        unknown = [i for i in got if i not in want]
+        lost += len(missing)
+        dup += twice
+        extra += len(unknown)
+        order += p[3]
+        peers_lost += bool(missing)
+        peers_dup += bool(twice)
+        for i in missing:
+            lost_by_phase[phase.get(i, "other")] += 1
+        if (missing or twice or unknown or p[3]) and len(examples) < 10:
+            examples.append(
+                {"peer": p[0], "missing": missing[:20], "ids": p[1][:60], "conns": p[2][:5]}
+            )
+    all_emitted = sorted(i for ids in emitted.values() for i in ids)
+    return {
+        "committed": len(expected),
+        "emitted_equals_committed": all_emitted == expected,
+        "expected_deliveries": len(expected) * len(peers),
+        "received_deliveries": sum(len(p[1]) for p in peers),
+        "lost": lost,
+        "peers_with_loss": peers_lost,
+        "lost_by_phase": dict(lost_by_phase),
+        "duplicated": dup,
+        "peers_with_duplicates": peers_dup,
+        "unexpected_ids": extra,
+        "order_errors": order,
+        "examples": examples,
+    }
+
+
+# Main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.restart", description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=10000)
+    p.add_argument("--server", choices=sorted(SERVERS), default="uvicorn-sansio")
+    p.add_argument("--missed", type=int, default=20, help="notifications emitted while down")
+    p.add_argument("--live", type=int, default=5, help="live notifications before the restart")
+    p.add_argument("--after", type=int, default=3, help="live notifications after it")
+    p.add_argument("--kill", action="store_true", help="stop the server with SIGKILL")
+    p.add_argument(
+        "--down-extra", type=float, default=0.0, help="s to keep the server down after --missed"
+    )
+    p.add_argument("--out", default="bench/results/restart-latest.json")
+    p.add_argument(
+        "--py-spy",
+        choices=["svg", "txt", "json"],
+        default=None,
+        help="profile the restarted server over the storm into OUT's folder/profiles/",
+    )
+    p.add_argument("--keep-logs", default="", help="copy the server and client logs to this folder")
+    p.add_argument("--per-process", type=int, default=2500, help="sockets per client process")
+    p.add_argument(
+        "--concurrency", type=int, default=200, help="first-connect handshakes in flight"
+    )
+    p.add_argument("--spread-above", type=int, default=4000, help="bind to 127.0.0.2-9 above N")
+    p.add_argument("--backoff-base", type=float, default=0.5, help="s (notifications.js: 500 ms)")
+    p.add_argument("--backoff-cap", type=float, default=15.0, help="s (notifications.js: 15 s)")
+    p.add_argument("--stable-after", type=float, default=10.0, help="s up before backoff resets")
+    p.add_argument("--connect-timeout", type=float, default=15.0, help="s from dial to hello")
+    p.add_argument("--storm-timeout", type=float, default=180.0, help="s to wait for all back")
+    p.add_argument("--timeout", type=float, default=30.0, help="s to wait for one live fan-out")
+    p.add_argument("--gap", type=float, default=0.2, help="s between live notifications")
+    p.add_argument("--ping-interval", type=float, default=600.0)
+    p.add_argument("--poll-interval", type=float, default=None)
+    p.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--postgres-url", default="postgres://postgres@127.0.0.1:5432/postgres")
+    p.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/12",
+        help="a Redis database this benchmark may empty (bench.run uses 13)",
+    )
+    args = p.parse_args(argv)
+    check_loopback(args.redis_url, "--redis-url")
+    if args.missed > 200:
+        log("note: more than REPLAY_LIMIT (200) missed: replays will be incomplete")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    atexit.register(_cleanup)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cmdline = " ".join(["python -m bench.restart", *(sys.argv[1:] if argv is None else argv)])
+    log(f"{cmdline}; {os.cpu_count()} cores")
+    started = time.time()
+    _remove_stale_temp()
+    tmp = Path(tempfile.mkdtemp(prefix=f"notifications-bench-{os.getpid()}-"))
+    drop_db = None
+    try:
+        src, code = snapshot(tmp)
+        log(f"code under test: {code['head']}{' + uncommitted changes' if code['dirty'] else ''}")
+        database_url, drop_db = setup_database(args, tmp)
+        env = project_env(
+            database_url=database_url, redis_url=args.redis_url, poll_interval=args.poll_interval
+        )
+        setup_django(env)
+        import notifications
+
+        if not notifications.__file__.startswith(str(src)):
+            raise RuntimeError(f"emitter imported {notifications.__file__}, not the copy")
+        result = asyncio.run(scenario(args, {"tmp": tmp, "src": src, "project_env": env}))
+    finally:
+        _cleanup()
+        if args.keep_logs:
+            for log_file in tmp.rglob("*.log"):
+                dest = Path(args.keep_logs) / log_file.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log_file, dest)
+        if drop_db is not None:
+            try:
+                drop_db()
+            except Exception as exc:
+                log(f"could not drop the benchmark database: {exc}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    import django
+    import psutil
+
+    storm, ver, conn = result.get("storm", {}), result.get("verify", {}), result.get("connect", {})
+    checks = {
+        "all_connected": conn.get("connected") == args.clients,
+        "all_reconnected": result["status"] == "ok"
+        and storm.get("peers_back") == args.clients
+        and storm.get("peers_not_back") == 0,
+        "zero_failed_after_listen": storm.get("failed_after_listen_total") == 0,
+        "zero_lost": ver.get("lost") == 0,
+        "zero_duplicated": ver.get("duplicated") == 0,
+        "no_unexpected_ids": ver.get("unexpected_ids") == 0,
+        "ids_increase_per_connection": ver.get("order_errors") == 0,
+    }
+    result = {
+        "command": cmdline,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "passed": all(checks.values()),
+        "checks": checks,
+        "machine": {
+            "cores": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "versions": {
+            "django": django.get_version(),
+            **_versions("uvicorn", "daphne", "websockets"),
+        },
+        "code": code,
+        "settings": {k: v for k, v in vars(args).items()},
+        **result,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    how = result.get("stop", {}).get("signal", "-")
+    logged = (result.get("server_log_counts") or [{}, {}])[-1]
+    print(
+        f"\n{result['server']} N={args.clients}, {how}, {args.missed} missed: "
+        f"status {result['status']}\n"
+        f"  first connect: {conn.get('connected')}/{args.clients} at "
+        f"{conn.get('handshakes_per_s')}/s\n"
+        f"  down {storm.get('down_s')} s; all {storm.get('peers_back')} back (replayed) "
+        f"{storm.get('reconnect_all_s')} s after listening (p50 {storm.get('reconnect_p50_s')}, "
+        f"p99 {storm.get('reconnect_p99_s')})\n"
+        f"  handshakes {storm.get('handshakes')} at {storm.get('handshakes_per_s')}/s "
+        f"(peak {storm.get('handshakes_peak_1s')} in one second); dial->hello p50 "
+        f"{storm.get('dial_to_hello_p50_ms')} ms, p99 {storm.get('dial_to_hello_p99_ms')} ms; "
+        f"hello->replayed p99 {storm.get('hello_to_replayed_p99_ms')} ms\n"
+        f"  restarted server: {logged.get('ws.connect', 0)} handshakes accepted, "
+        f"{logged.get('ws.error', 0)} sockets failed (ws.error), "
+        f"{result.get('storm_server_cpu_s')} s CPU over the storm; other processes "
+        f"{result.get('storm_load', {}).get('foreign_cpu_pct')}% of a core; TCP (machine-wide) "
+        f"{result.get('storm_tcp_counters')}\n"
+        f"  failed attempts after listening: {storm.get('failed_after_listen_total')} "
+        f"{storm.get('failed_after_listen') or ''}; refused while down: "
+        f"{storm.get('failed_before_listen_total')}\n"
+        f"  ids: {ver.get('committed')} committed, {ver.get('received_deliveries')}/"
+        f"{ver.get('expected_deliveries')} deliveries; lost {ver.get('lost')}, duplicated "
+        f"{ver.get('duplicated')}, unexpected {ver.get('unexpected_ids')}, out of order "
+        f"{ver.get('order_errors')}; replayed per client {storm.get('replayed_count_per_peer')}\n"
+        f"  {'PASS' if result['passed'] else 'FAIL'}: "
+        + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in checks.items()),
+        flush=True,
+    )
+    log(f"wrote {out}")
+    sys.exit(0 if result["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()
