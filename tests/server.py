@@ -49,6 +49,8 @@ def child_env(**extra: str) -> dict[str, str]:
             "DATABASE_URL": database_url(),
             "DJANGO_DEBUG": "1",
             "PYTHONUNBUFFERED": "1",
+            # Tests read ws.connect lines (DEBUG) from the server's output.
+            "NOTIFICATIONS_LOG_LEVEL": "DEBUG",
         }
     )
     env.update(extra)

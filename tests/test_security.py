@@ -251,7 +251,7 @@ def test_missing_origin_accepted_by_default(server):
     head = handshake(server.port, origin=None)
     assert head.startswith("HTTP/1.1 101 "), head
     assert re.fullmatch(
-        r"INFO notifications\.realtime ws\.connect c\d+ user=None client=127\.0\.0\.1 "
+        r"DEBUG notifications\.realtime ws\.connect c\d+ user=None client=127\.0\.0\.1 "
         r"cursor=None writer=\w+",
         log.wait_for("ws.connect")[0],
     )

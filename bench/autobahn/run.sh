@@ -80,6 +80,8 @@ export DJANGO_SETTINGS_MODULE=project.settings
 export DJANGO_DEBUG=0
 export DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost
 export DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-autobahn-$("$PY3" -c 'import secrets; print(secrets.token_urlsafe(40))')}"
+# The run counts ws.connect and ws.disconnect lines, logged at DEBUG.
+export NOTIFICATIONS_LOG_LEVEL=DEBUG
 # A scratch database of its own (the consumer of /ws/notifications/ reads it on connect).
 export DATABASE_URL="${AUTOBAHN_DATABASE_URL:-sqlite:///$WORK/conformance.sqlite3}"
 unset REDIS_URL  # in-memory channel layer: one process, nothing else to run

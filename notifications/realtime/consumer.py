@@ -192,7 +192,9 @@ class NotificationConsumer:
         )
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
         conn.writer.forget_handshake()
-        logger.info(
+        # DEBUG: one line per socket was ~10 % of an anonymous handshake's cost (py-spy), and
+        # a restart brings every client back at once. Rejections stay at WARNING.
+        logger.debug(
             "ws.connect %s user=%s client=%s cursor=%s writer=%s",
             conn.id,
             membership.user_id,
@@ -256,7 +258,7 @@ class NotificationConsumer:
         self.hub.detach(conn)
         if conn.user_id is None:
             _limiter.forget(conn.id)  # an anonymous budget is per connection
-        logger.info("ws.disconnect %s code=%s", conn.id, code)
+        logger.debug("ws.disconnect %s code=%s", conn.id, code)
 
     # Frames ----------------------------------------------------------------------------------
 
