@@ -96,7 +96,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+# REDIS_LAYER: "pubsub" (channels_redis.pubsub.RedisPubSubChannelLayer: PUBLISH / SUBSCRIBE,
+# the default: a targeted event costs the server a quarter of the CPU, docs/performance.md)
+# or "core" (channels_redis.core.RedisChannelLayer: lists, a Lua script per message). Both
+# are at-most-once for a process that is disconnected; the hub's database poll and gap reads
+# cover what a layer drops.
+REDIS_LAYER = os.environ.get("REDIS_LAYER", "pubsub")
+if REDIS_URL and REDIS_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # Group membership is each process's own subscription: it ends with the
+            # process's connection, so nothing expires or needs renewing.
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import socket
@@ -123,7 +124,13 @@ class RedisServer:
             return False
 
     def group_size(self, group: str, prefix: str = "asgi") -> int:
-        """Members of a channels_redis group (the hubs of the running server processes)."""
+        """Members of a channels_redis group (the hubs of the running server processes):
+        subscribers of the group's channel with the pub/sub layer, the group's sorted set
+        with the core layer (REDIS_LAYER, as project/settings.py reads it)."""
+        if redis_layer() == "pubsub":
+            # An array reply [channel, count]: its last line is the count, as ":N".
+            reply = self.command("PUBSUB", "NUMSUB", f"{prefix}__group__{group}")
+            return int(reply.split()[-1].lstrip(":"))
         return self.command("ZCARD", f"{prefix}:group:{group}")
 
     def __enter__(self) -> RedisServer:
@@ -134,8 +141,20 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def redis_layer() -> str:
+    return os.environ.get("REDIS_LAYER", "pubsub")
+
+
 def redis_layers(url: str) -> dict[str, Any]:
-    """``CHANNEL_LAYERS`` for the test process, as project/settings.py builds it from REDIS_URL."""
+    """``CHANNEL_LAYERS`` for the test process, as project/settings.py builds it from REDIS_URL
+    and REDIS_LAYER."""
+    if redis_layer() == "pubsub":
+        return {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [url]},
+            }
+        }
     return {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -187,7 +187,8 @@ class Hub:
     async def _start(self) -> None:
         self.horizon, self.newest_public = await database_sync_to_async(selectors.stream_heads)()
         if self._layer is not None:
-            self._channel = await self._layer.new_channel("notifications.hub.")
+            # The channel is made by the listener: with the pub/sub layer that already needs
+            # Redis, and Redis being down must not refuse sockets (the poll covers).
             self._tasks.append(asyncio.ensure_future(self._listen()))
             self._tasks.append(asyncio.ensure_future(self._renew_group_forever()))
         self._tasks.append(asyncio.ensure_future(self._poll_forever()))
@@ -316,8 +317,9 @@ class Hub:
     # Incoming layer messages ------------------------------------------------------------------
 
     async def _renew_group_forever(self) -> None:
-        # The layer forgets group members after its group_expiry (300 s in the project's
-        # settings), which also clears the channels of processes that died without leaving.
+        # channels_redis.core forgets group members after its group_expiry (300 s in the
+        # project's settings), which also clears the channels of processes that died without
+        # leaving; with the pub/sub layer a renewal is a no-op subscribe.
         while True:
             await asyncio.sleep(GROUP_RENEW_SECONDS)
             try:
@@ -328,9 +330,11 @@ class Hub:
                 logger.warning("could not renew the hub's group membership; retrying")
 
     async def _listen(self) -> None:
-        assert self._layer is not None and self._channel is not None
+        assert self._layer is not None
         while True:  # join first; the layer may be down at start (the poll covers meanwhile)
             try:
+                if self._channel is None:
+                    self._channel = await self._layer.new_channel("notifications.hub.")
                 await self._join_group()
                 break
             except asyncio.CancelledError:
@@ -340,6 +344,7 @@ class Hub:
                 await asyncio.sleep(1)
         while True:
             try:
+                assert self._channel is not None
                 message = await self._layer.receive(self._channel)
             except asyncio.CancelledError:
                 raise
