@@ -106,12 +106,25 @@ def _label_topic(topic: Topic | str | None, audience: Audience) -> Topic | None:
     return label
 
 
-def _check_users_exist(user_ids: Iterable[int]) -> None:
+def _check_users_exist(user_ids: Iterable[int]) -> int:
+    """Raise for ids of no user; return how many of them are active (one query)."""
     ids = set(user_ids)
-    found = set(get_user_model()._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
-    missing = ids - found
+    found = dict(
+        get_user_model()._default_manager.filter(pk__in=ids).values_list("pk", "is_active")
+    )
+    missing = ids - set(found)
     if missing:
         raise ValueError(f"no user with id {', '.join(map(str, sorted(missing)))}")
+    return sum(1 for active in found.values() if active)
+
+
+def _recipient_count(audience: Audience, active_named: int) -> int:
+    """Active users the audience reaches now; named users only: counted by the existence
+    check already (the common case of a notification to a user or a few)."""
+    named_only = (
+        audience.reach == Reach.TARGETED and not audience.groups and audience.topic is None
+    )
+    return active_named if named_only else users_of(audience).count()
 
 
 def _check_groups_exist(group_ids: Iterable[int]) -> None:
@@ -149,8 +162,7 @@ def notify(
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
     ):
         raise ValueError("idempotency_key must be a string of 1 to 200 characters")
-    if audience.users:
-        _check_users_exist(audience.users)
+    active_named = _check_users_exist(audience.users) if audience.users else 0
     if audience.groups:
         _check_groups_exist(audience.groups)
 
@@ -173,7 +185,7 @@ def notify(
             actor=actor,
             reach=audience.reach,
             to_topic=audience.topic is not None,
-            recipient_count=users_of(audience).count(),
+            recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
         )
         if audience.groups:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import logging
 import os
 import threading
@@ -48,19 +50,49 @@ class _PublisherLoop:
 _publisher = _PublisherLoop()
 
 
+_pending: set[concurrent.futures.Future] = set()
+_pending_lock = threading.Lock()
+
+
+async def _group_send(layer: Any, message: dict[str, Any]) -> None:
+    try:
+        await asyncio.wait_for(layer.group_send(HUB_GROUP, message), PUBLISH_TIMEOUT)
+    except Exception:
+        logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
+
+
+def _done(future: concurrent.futures.Future) -> None:
+    with _pending_lock:
+        _pending.discard(future)
+
+
 def _send(layer: Any, message: dict[str, Any]) -> None:
     if isinstance(layer, InMemoryChannelLayer):
         # Its queues belong to the server's loop and are not thread-safe: hand the send to
         # that loop (async_to_sync does, from a sync thread the server started).
         async_to_sync(layer.group_send)(HUB_GROUP, message)
         return
-    future = asyncio.run_coroutine_threadsafe(
-        layer.group_send(HUB_GROUP, message), _publisher.get()
-    )
-    try:
-        future.result(PUBLISH_TIMEOUT)
-    finally:
-        future.cancel()  # no-op when done; stops a send stuck on a dead connection
+    # Not waited for: the caller (a request, on commit) does not need the Redis round trip,
+    # and a failure is only logged anyway. Sends start in call order on the one loop.
+    future = asyncio.run_coroutine_threadsafe(_group_send(layer, message), _publisher.get())
+    with _pending_lock:
+        _pending.add(future)
+    future.add_done_callback(_done)
+
+
+def flush(timeout: float = PUBLISH_TIMEOUT) -> bool:
+    """Wait until the sends started so far are done (at most ``timeout`` seconds); False if
+    some are not. Runs at interpreter exit, so that a short-lived process (``manage.py
+    notify``, a worker's task) does not exit with its last notifications unsent."""
+    with _pending_lock:
+        pending = list(_pending)
+    if not pending:
+        return True
+    _, not_done = concurrent.futures.wait(pending, timeout)
+    return not not_done
+
+
+atexit.register(flush)
 
 
 def publish_raw(message: dict[str, Any]) -> None:
