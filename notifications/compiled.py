@@ -41,7 +41,7 @@ class CompiledQuery:
     """``build(shape, **values)`` runs the query through the ORM (exactly one statement);
     ``row(shape, **values)`` and ``rows(...)`` run the same SQL with other ``values``.
 
-    Values may be ints or aware datetimes (parameters compared against ``DateTimeField``s).
+    Values may be ints, strings or aware datetimes (compared against ``DateTimeField``s).
     """
 
     def __init__(self, build: Callable[..., Any]) -> None:
@@ -104,6 +104,8 @@ def _sentinel(value: Any) -> Any:
         return next(_int_sentinels)
     if isinstance(value, datetime):
         return _datetime_base + timedelta(microseconds=-next(_int_sentinels) % 10**12)
+    if isinstance(value, str):
+        return f"compiled-sentinel{next(_int_sentinels)}"
     raise TypeError(f"unsupported value type {type(value).__name__}")
 
 

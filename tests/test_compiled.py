@@ -126,3 +126,32 @@ def test_compiled_membership_equals_the_orm(make_user):
             )
             == rows
         )
+
+
+def test_session_check_finds_exactly_the_pairs_that_no_longer_authenticate(make_user):
+    """hub._invalid_sessions on compiled, padded IN lists: deleted and expired sessions,
+    inactive users, and more pairs than one chunk."""
+    from django.contrib.sessions.models import Session
+
+    from notifications.realtime.hub import _invalid_sessions
+
+    from .support import session_cookie
+
+    def key(user):
+        return session_cookie(user).split("=", 1)[1]
+
+    users = [make_user(f"s{i}") for i in range(12)]
+    pairs = [(key(user), user.pk) for user in users]
+    deleted, expired, inactive = pairs[1], pairs[2], pairs[3]
+    Session.objects.filter(session_key=deleted[0]).delete()
+    Session.objects.filter(session_key=expired[0]).update(
+        expire_date=timezone.now() - timedelta(seconds=1)
+    )
+    users[3].is_active = False
+    users[3].save()
+    gone_user = (pairs[4][0], 10**9)  # a user id that does not exist
+    assert _invalid_sessions([*pairs, gone_user]) == {deleted, expired, inactive, gone_user}
+    # More than one chunk (500), and a last chunk padded with repeated values.
+    many = [(f"missing-{i}", users[0].pk) for i in range(503)] + [pairs[0]]
+    assert _invalid_sessions(many) == set(many[:503])
+    assert _invalid_sessions([pairs[0]]) == set()
