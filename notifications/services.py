@@ -121,9 +121,7 @@ def _check_users_exist(user_ids: Iterable[int]) -> int:
 def _recipient_count(audience: Audience, active_named: int) -> int:
     """Active users the audience reaches now; named users only: counted by the existence
     check already (the common case of a notification to a user or a few)."""
-    named_only = (
-        audience.reach == Reach.TARGETED and not audience.groups and audience.topic is None
-    )
+    named_only = audience.reach == Reach.TARGETED and not audience.groups and audience.topic is None
     return active_named if named_only else users_of(audience).count()
 
 
