@@ -1,14 +1,24 @@
 """Soak: the real server under steady notifications and client churn, for minutes.
 
     .venv/bin/python -m bench.soak --minutes 10 [--rate 20] [--clients 40] [--out FILE]
+        [--server uvicorn-sansio|daphne] [--server-env KEY=VALUE ...]
 
-Starts ``daphne project.asgi:application`` with production settings from the environment
+Starts the production server as the Dockerfile runs it (``--server uvicorn-sansio``, the
+default: ``uvicorn project.asgi:application --ws websockets-sansio --loop uvloop`` with the
+project's httptools protocol and its request-head deadline) or ``daphne
+project.asgi:application`` (``--server daphne``), with production settings from the environment
 (``DJANGO_DEBUG=0``, a secret key, ``REDIS_URL``, persistent database connections; see
-docs/deployment.md), on a fresh SQLite database in a temporary folder (``--database-url`` for
-PostgreSQL) and a private ``redis-server`` on a free port of 127.0.0.1 (``--redis-url`` to use
-another one). This process is the application: it calls ``notify()`` ``--rate`` times a
-second with mixed audiences (one user, two users, a group, a topic, everyone), publishing
-through Redis as a web worker would.
+docs/deployment.md). ``--server-env`` adds a variable to the server's environment only: an
+allocator setting, or ``PYTHONPATH`` to a folder whose ``sitecustomize.py`` instruments the
+server. (With glibc's default malloc, daphne's RSS creeps: asyncio's selector transport, which
+carries the Redis connections under daphne, receives into a 256 KiB buffer and shrinks it to
+the message, and once glibc has raised its dynamic mmap threshold those buffers are cut from
+the heap and fragment it; ``--server-env MALLOC_MMAP_THRESHOLD_=131072`` keeps them out of the
+heap. uvloop, under uvicorn, reads into one reused buffer.) The database is a fresh SQLite file
+in a temporary folder (``--database-url`` for PostgreSQL) and a private ``redis-server`` on a
+free port of 127.0.0.1 (``--redis-url`` to use another one). This process is the application:
+it calls ``notify()`` ``--rate`` times a second with mixed audiences (one user, two users, a
+group, a topic, everyone), publishing through Redis as a web worker would.
 
 ``--clients`` WebSocket clients, signed in as ``--users`` users, each stay connected for a
 random 5-60 s, go away for up to 3 s, and reconnect with ``?cursor=`` the highest id they
@@ -181,6 +191,24 @@ async def settled_fds(pid: int, sample, label: str, timeout: float = 15) -> dict
 
 
 # The run ------------------------------------------------------------------------------------------
+
+# ``python -m`` arguments of each server, before the address. uvicorn-sansio is the Dockerfile's
+# production command (its --ws-max-size, without the proxy and backlog options).
+SERVERS: dict[str, list[str]] = {
+    "daphne": ["daphne"],
+    "uvicorn-sansio": [
+        "uvicorn", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+        "--ws-max-size", "1048576",
+        "--http", "notifications.realtime.uvicorn_http:HttpToolsProtocol",
+        "--loop", "uvloop", "--log-level", "warning",
+    ],
+}  # fmt: skip
+
+
+def listen(server: str, port: int) -> list[str]:
+    if server == "daphne":
+        return ["-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
+    return ["--host", "127.0.0.1", "--port", str(port), "project.asgi:application"]
 
 
 def production_env(database_url: str, redis_url: str) -> dict[str, str]:
@@ -392,7 +420,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rate_per_s": args.rate,
         "clients": args.clients,
         "users": args.users,
-        "server": "daphne, DJANGO_DEBUG=0, REDIS_URL, persistent DB connections",
+        "server": f"{args.server}, DJANGO_DEBUG=0, REDIS_URL, persistent DB connections",
+        "server_env": args.server_env,
         "database": args.database_kind,
         "notifications_sent": len(sent),
         "notifications_committed": len(committed),
@@ -438,8 +467,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd-slack", type=int, default=8)
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp folder")
     parser.add_argument("--redis-url", help="default: a private redis-server on a free port")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="uvicorn-sansio")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the server only (repeatable)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak-latest.json"))
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes KEY=VALUE")
 
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     children: list[subprocess.Popen] = []
@@ -475,20 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         setup_django(env)
         port = free_port()
         server_log = workdir / "server.log"
+        server_env = {**env, **dict(item.split("=", 1) for item in args.server_env)}
         with open(server_log, "wb") as out:
             server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "project.asgi:application",
-                ],
+                [sys.executable, "-m", *SERVERS[args.server], *listen(args.server, port)],
                 cwd=ROOT,
-                env=env,
+                env=server_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
