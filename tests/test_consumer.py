@@ -305,13 +305,13 @@ async def test_anonymous_sockets_resuming_alike_share_one_replay_read(
     from notifications.realtime import hub as hub_module
 
     reads = []
-    real = hub_module._load_public_replay
+    real = hub_module.load_replay
 
-    def counted(**kwargs):
+    def counted(*args, **kwargs):
         reads.append(kwargs)
-        return real(**kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(hub_module, "_load_public_replay", counted)
+    monkeypatch.setattr(hub_module, "load_replay", counted)
     seen = await db(notify)("everyone", "seen")
     await db(notify)(await amake_user("alice"), "not for visitors")
     missed = [await db(notify)("everyone", f"missed {i}") for i in range(3)]

@@ -30,7 +30,7 @@ from . import frames
 from .auth import authenticate, session_key_from
 from .connection import Connection
 from .frames import ClientFrame, FrameError
-from .hub import get_hub
+from .hub import get_hub, load_replay
 from .origin import header
 from .transport import writer_for
 
@@ -386,7 +386,7 @@ class NotificationConsumer:
         limit = notifications_settings.REPLAY_LIMIT
         after = max(after, self.conn.last_sent)
         if self.user.is_authenticated or self.conn.anon_topics or topic_id is not None:
-            events = await database_sync_to_async(selectors.replay)(
+            texts = await database_sync_to_async(load_replay)(
                 self.user,
                 after=after,
                 upto=upto,
@@ -394,10 +394,6 @@ class NotificationConsumer:
                 extra_topic_ids=self.conn.anon_topics,
                 topic_id=topic_id,
             )
-            texts = [
-                (e.id, frames.encode(frames.notification(e, read=e.is_read, replay=True)))
-                for e in events
-            ]
         else:
             # Announcements to everyone only: the same for every such socket, so sockets
             # resuming from the same cursor (all of them, after a restart) share one query.

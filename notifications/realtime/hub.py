@@ -83,12 +83,27 @@ def _load_poll(*, after: int, with_changes: bool) -> tuple[list[dict], list[tupl
     return rows, changes
 
 
-def _load_public_replay(*, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
-    """(id, encoded frame) of the events to everyone with ``after < id <= upto``, as an
-    anonymous socket without topics replays them."""
-    events = selectors.replay(AnonymousUser(), after=after, upto=upto, limit=limit)
+def load_replay(
+    user: Any,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    extra_topic_ids: Iterable[int] = (),
+    topic_id: int | None = None,
+) -> list[tuple[int, str]]:
+    """(id, encoded ``notification`` frame) of the events :func:`selectors.replay` returns,
+    oldest first, each marked ``replay`` and with the user's read state."""
+    events = selectors.replay(
+        user,
+        after=after,
+        upto=upto,
+        limit=limit,
+        extra_topic_ids=extra_topic_ids,
+        topic_id=topic_id,
+    )
     return [
-        (event.id, frames.encode(frames.notification(event, read=False, replay=True)))
+        (event.id, frames.encode(frames.notification(event, read=event.is_read, replay=True)))
         for event in events
     ]
 
@@ -321,19 +336,19 @@ class Hub:
             _discard(self.by_topic, topic_id, conn)
 
     async def public_replay(self, *, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
-        """:func:`_load_public_replay`, read once for all the sockets that ask for the same
-        range at about the same time (every client resuming after a restart or a network
-        blip asks for the same one). A sent event does not change, so sharing is exact."""
+        """:func:`load_replay` for an anonymous socket without topics (announcements to
+        everyone only), read once for all the sockets that ask for the same range at about
+        the same time (every client resuming after a restart or a network blip asks for the
+        same one). A sent event does not change, so sharing is exact."""
         key = (after, upto, limit)
         shared = self._public_replays.get(key)
         if shared is None:
-            if len(self._public_replays) >= PUBLIC_REPLAY_ENTRIES:
-                return await database_sync_to_async(_load_public_replay)(
-                    after=after, upto=upto, limit=limit
-                )
-            shared = asyncio.ensure_future(
-                database_sync_to_async(_load_public_replay)(after=after, upto=upto, limit=limit)
+            read = database_sync_to_async(load_replay)(
+                AnonymousUser(), after=after, upto=upto, limit=limit
             )
+            if len(self._public_replays) >= PUBLIC_REPLAY_ENTRIES:
+                return await read
+            shared = asyncio.ensure_future(read)
             self._public_replays[key] = shared
 
             def expire(future: asyncio.Future) -> None:
