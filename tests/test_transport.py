@@ -159,24 +159,19 @@ async def test_sockets_that_vanish_mid_answer_leave_the_hub(kind, amake_user):
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["user"] == "alice"
 
 
-@pytest.mark.asyncio
-async def test_uvicorn_sansio_handshake_objects_are_released_after_accept():
-    """The real uvicorn websockets-sansio protocol, in process: after the accept,
-    forget_handshake() leaves no handshake Request/Response reachable from the protocol and
-    empties the Request that websockets' parser keeps, and the socket still works."""
+async def _sansio_socket(*, allow_fast: bool):
+    """The real uvicorn websockets-sansio protocol, in process, after the app's accept:
+    (protocol, its fake transport, the writer ``writer_for`` gave the app)."""
     from uvicorn.config import Config
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     from uvicorn.server import ServerState
-
-    from notifications.realtime.transport import UvicornWriter
 
     accepted: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def app(scope, receive, send):
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
-        writer = writer_for(send)
-        accepted.set_result(writer)
+        accepted.set_result(writer_for(send, allow_fast=allow_fast))
         await receive()
 
     class Transport(asyncio.Transport):
@@ -209,7 +204,17 @@ async def test_uvicorn_sansio_handshake_objects_are_released_after_accept():
             "Cookie: sessionid=secret\r\n\r\n"
         ).encode()
     )
-    writer = await asyncio.wait_for(accepted, 5)
+    return protocol, transport, await asyncio.wait_for(accepted, 5)
+
+
+@pytest.mark.asyncio
+async def test_uvicorn_sansio_handshake_objects_are_released_after_accept():
+    """After the accept, forget_handshake() leaves no handshake Request/Response reachable
+    from the protocol and empties the Request that websockets' parser keeps, and the socket
+    still works."""
+    from notifications.realtime.transport import UvicornWriter
+
+    protocol, transport, writer = await _sansio_socket(allow_fast=True)
     assert isinstance(writer, UvicornWriter)
     request = protocol.request
     assert request.headers["Cookie"] == "sessionid=secret"
@@ -219,4 +224,17 @@ async def test_uvicorn_sansio_handshake_objects_are_released_after_accept():
     assert transport.out.startswith(b"HTTP/1.1 101")
     assert writer.write_now(Frame('{"type":"pong"}'))
     assert transport.out.endswith(Frame('{"type":"pong"}').wire)
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_handshake_objects_are_released_without_fast_writes_too():
+    """FAST_WRITES off: frames go through the ASGI send, but the server's own writer still
+    releases what the server keeps of the handshake."""
+    protocol, _, writer = await _sansio_socket(allow_fast=False)
+    assert isinstance(writer, AsgiWriter)
+    request = protocol.request
+    writer.forget_handshake()
+    assert protocol.request is None and protocol.response is None
+    assert list(request.headers.raw_items()) == []
     protocol.connection_lost(None)

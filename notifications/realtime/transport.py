@@ -54,14 +54,18 @@ class Frame:
 
 
 class AsgiWriter:
-    """The portable path: one ``websocket.send`` ASGI message per frame."""
+    """The portable path: one ``websocket.send`` ASGI message per frame.
+
+    ``native``: the server's own writer when there is one but fast writes are off. Frames still
+    go through ASGI; what the ASGI path cannot do (daphne's policy close codes, releasing what
+    the server keeps of the handshake) is still done by it."""
 
     fast = False
-    __slots__ = ("closer", "send")
+    __slots__ = ("native", "send")
 
-    def __init__(self, send: Send, closer: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, send: Send, native: DaphneWriter | UvicornWriter | None = None) -> None:
         self.send = send
-        self.closer = closer
+        self.native = native
 
     async def write(self, frame: Frame) -> None:
         await self.send({"type": "websocket.send", "text": frame.text})
@@ -74,11 +78,11 @@ class AsgiWriter:
 
     def close_frame(self, code: int) -> bool:
         """Start the closing handshake here; False: the caller closes through ASGI."""
-        return self.closer(code) if self.closer is not None else False
+        return self.native.close_frame(code) if self.native is not None else False
 
     def forget_handshake(self) -> None:
-        """Drop what the server keeps of the handshake but no longer needs (see
-        :meth:`UvicornWriter.forget_handshake`); nothing to do on the portable path."""
+        if self.native is not None:
+            self.native.forget_handshake()
 
 
 class DaphneWriter:
@@ -211,8 +215,7 @@ def writer_for(send: Send, *, allow_fast: bool = True) -> Writer:
         fast = None
     if fast is not None and allow_fast:
         return fast
-    # Even on the ASGI path, daphne needs its close frames sent directly (see close_frame).
-    return AsgiWriter(send, closer=fast.close_frame if isinstance(fast, DaphneWriter) else None)
+    return AsgiWriter(send, native=fast)
 
 
 def _fast_writer(send: Send) -> Writer | None:
