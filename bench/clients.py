@@ -52,6 +52,8 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the port at connect(), not at bind()
@@ -87,6 +89,18 @@ class Stats:
         # (frame header + payload): the long-poll comparison's bytes per delivery.
         self.rx_bytes = 0
         self.notification_bytes = 0
+
+    def received(self, event_id: int, now: float, emitted: bytes) -> None:
+        """One client got notification ``event_id`` at ``now`` (``emitted``: its emit wall
+        time, as sent); the parent hears ``done`` when every open client has it."""
+        self.records.append((event_id, now, emitted))
+        count = self.counts.get(event_id, 0) + 1
+        self.counts[event_id] = count
+        if count == 1:
+            self.first[event_id] = now
+        self.last[event_id] = now
+        if count == self.open:
+            self.report(event_id, now)
 
     def report(self, event_id: int, now: float) -> None:
         self.reported.add(event_id)
@@ -269,14 +283,7 @@ class WSClient(asyncio.Protocol):
             stats.notification_bytes += head + length
             if self.peer is not None:
                 self.peer.on_notification(event_id)
-            stats.records.append((event_id, now, t.group(1) if t else b"0"))
-            count = stats.counts.get(event_id, 0) + 1
-            stats.counts[event_id] = count
-            if count == 1:
-                stats.first[event_id] = now
-            stats.last[event_id] = now
-            if count == stats.open:
-                stats.report(event_id, now)
+            stats.received(event_id, now, t.group(1) if t else b"0")
         self.buf = buf[pos:] if pos < size else b""
 
     def _control(self, opcode: int, payload: bytes) -> None:
@@ -360,17 +367,11 @@ class Worker:
             query.append(f"cursor={cursor}")
         path = url.path + ("?" + "&".join(query) if query else "")
         cookie = self.cookies[index % len(self.cookies)] if self.cookies else None
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = await connected_socket(
+            host, port, source(self.sources, index), timeout if overall else 10
+        )
         proto: WSClient | None = None
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.sources:
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.sources[index % len(self.sources)], 0))
-            await asyncio.wait_for(
-                loop.sock_connect(sock, (host, port)), timeout if overall else 10
-            )
             if overall:
                 timeout = max(0.001, deadline - loop.time())
             if peer is not None:
@@ -469,57 +470,18 @@ class Worker:
             return
 
     async def connect(self) -> None:
-        start = time.time()
-        sem = asyncio.Semaphore(self.args.concurrency)
-
-        async def one(i: int) -> None:
-            async with sem:
-                proto = await self._open_one(i)
-            if proto is not None:
-                self.clients.append(proto)
-
-        await asyncio.gather(*(one(i) for i in range(self.args.n)))
+        start = await open_all(self)
         self.peers.sort(key=lambda p: p.index)
-        _out(
-            {
-                "ev": "ready",
-                "n": self.args.n,
-                "open": self.stats.open,
-                "start": start,
-                "end": time.time(),
-                "failures": self.failures,
-                "retries": self.retries,
-                "errors": self.errors,
-            }
-        )
+        report_ready(self, start)
 
     def dump(self) -> None:
-        per_id: dict[str, dict] = {}
-        lat: dict[int, list[int]] = {}
-        for event_id, recv, t in self.stats.records:
-            lat.setdefault(event_id, []).append(int((recv - float(t)) * 1e6))
-        for event_id, values in lat.items():
-            per_id[str(event_id)] = {
-                "count": self.stats.counts[event_id],
-                "first": self.stats.first[event_id],
-                "last": self.stats.last[event_id],
-                "lat_us": values,
-            }
-        cpu = os.times()
-        _out(
+        dump_stats(
+            self.stats,
             {
-                "ev": "stats",
-                "open": self.stats.open,
-                "closed_after_hello": self.stats.closed_after_hello,
-                "other_frames": self.stats.other_frames,
-                "cpu_s": cpu.user + cpu.system,
-                "per_id": per_id,
-                "bytes": {
-                    "path": "websocket",
-                    "rx": self.stats.rx_bytes,
-                    "notification_frames": self.stats.notification_bytes,
-                },
-            }
+                "path": "websocket",
+                "rx": self.stats.rx_bytes,
+                "notification_frames": self.stats.notification_bytes,
+            },
         )
 
     def progress(self) -> None:
@@ -563,14 +525,8 @@ class Worker:
         )
 
     async def main(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        _out({"ev": "started", "pid": os.getpid()})
         connecting: asyncio.Task | None = None
-        while True:
-            line = await reader.readline()
-            command, _, rest = line.decode().strip().partition(" ")
+        async for command, rest in commands():
             if command == "connect" and connecting is None:
                 connecting = asyncio.ensure_future(self.connect())
             elif command == "dump":
@@ -584,8 +540,6 @@ class Worker:
                 _out({"ev": "stats", "kind": "peers", "peers": [p.dump() for p in self.peers]})
             elif command == "failures":
                 self.failures_around(float(rest))
-            elif command == "quit" or not line:
-                break
         if connecting is not None and not connecting.done():
             connecting.cancel()
         self.stats.closing = True
@@ -601,14 +555,126 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", action="append", required=True, help="ws://127.x.x.x:P/path")
-    parser.add_argument("-n", type=int, required=True, help="sockets to open")
-    parser.add_argument("--source", default="", help="comma separated local addresses to bind")
+    add_worker_arguments(parser, url="ws://127.x.x.x:P/path", n="sockets to open")
     parser.add_argument("--cookies", default="", help="file: one Cookie header value a line")
-    parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
+    run_worker(parser, Worker, "client worker", argv)
+
+
+# Shared with bench/longpoll_clients.py --------------------------------------------------------
+
+
+async def commands() -> AsyncIterator[tuple[str, str]]:
+    """Say ``started``, then yield each (command, rest of the line) the parent writes on
+    stdin, until ``quit`` or the end of stdin."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    _out({"ev": "started", "pid": os.getpid()})
+    while line := await reader.readline():
+        command, _, rest = line.decode().strip().partition(" ")
+        if command == "quit":
+            return
+        yield command, rest
+
+
+def source(sources: list[str], index: int) -> str | None:
+    """The local address connection ``index`` binds to (round robin), or None."""
+    return sources[index % len(sources)] if sources else None
+
+
+async def connected_socket(host: str, port: int, bind: str | None, timeout: float) -> socket.socket:
+    """A non-blocking TCP_NODELAY socket connected to ``host:port`` within ``timeout`` s,
+    bound to ``bind`` first when given (the port is picked at connect: many sockets per
+    address). Closed again if the connect fails."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if bind:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((bind, 0))
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_all(worker: Any) -> float:
+    """Open ``worker.args.n`` connections with ``worker._open_one``, ``--concurrency`` at a
+    time, into ``worker.clients``; return the wall time it started."""
+    start = time.time()
+    sem = asyncio.Semaphore(worker.args.concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            proto = await worker._open_one(i)
+        if proto is not None:
+            worker.clients.append(proto)
+
+    await asyncio.gather(*(one(i) for i in range(worker.args.n)))
+    return start
+
+
+def report_ready(worker: Any, start: float) -> None:
+    _out(
+        {
+            "ev": "ready",
+            "n": worker.args.n,
+            "open": worker.stats.open,
+            "start": start,
+            "end": time.time(),
+            "failures": worker.failures,
+            "retries": worker.retries,
+            "errors": worker.errors,
+        }
+    )
+
+
+def dump_stats(stats: Stats, byte_counts: dict[str, Any]) -> None:
+    """The ``stats`` answer to ``dump``: per notification id, the count, first and last
+    receive times and every latency; the process's CPU; ``byte_counts`` as ``bytes``."""
+    per_id: dict[str, dict] = {}
+    lat: dict[int, list[int]] = {}
+    for event_id, recv, t in stats.records:
+        lat.setdefault(event_id, []).append(int((recv - float(t)) * 1e6))
+    for event_id, values in lat.items():
+        per_id[str(event_id)] = {
+            "count": stats.counts[event_id],
+            "first": stats.first[event_id],
+            "last": stats.last[event_id],
+            "lat_us": values,
+        }
+    cpu = os.times()
+    _out(
+        {
+            "ev": "stats",
+            "open": stats.open,
+            "closed_after_hello": stats.closed_after_hello,
+            "other_frames": stats.other_frames,
+            "cpu_s": cpu.user + cpu.system,
+            "per_id": per_id,
+            "bytes": byte_counts,
+        }
+    )
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, *, url: str, n: str) -> None:
+    parser.add_argument("--url", action="append", required=True, help=url)
+    parser.add_argument("-n", type=int, required=True, help=n)
+    parser.add_argument("--source", default="", help="comma separated local addresses to bind")
+    parser.add_argument("--concurrency", type=int, default=200, help="connects in flight")
     parser.add_argument("--attempts", type=int, default=5)
     parser.add_argument("--handshake-timeout", type=float, default=30.0)
     parser.add_argument("--max-seconds", type=float, default=1800.0)
+
+
+def run_worker(
+    parser: argparse.ArgumentParser, worker_class: Any, label: str, argv: list[str] | None
+) -> None:
+    """Parse the arguments (loopback URLs only), then run ``worker_class(args).main()`` on
+    uvloop when installed, for at most ``--max-seconds``."""
     args = parser.parse_args(argv)
     for url in args.url:
         host = urlsplit(url).hostname or ""
@@ -623,9 +689,9 @@ def main(argv: list[str] | None = None) -> None:
 
     async def bounded() -> None:
         try:
-            await asyncio.wait_for(Worker(args).main(), args.max_seconds)
+            await asyncio.wait_for(worker_class(args).main(), args.max_seconds)
         except TimeoutError:
-            print("client worker: --max-seconds reached, exiting", file=sys.stderr)
+            print(f"{label}: --max-seconds reached, exiting", file=sys.stderr)
 
     asyncio.run(bounded())
 

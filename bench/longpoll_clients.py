@@ -28,13 +28,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
-import sys
 import time
 from urllib.parse import urlsplit
 
-from .clients import IP_BIND_ADDRESS_NO_PORT, Stats, _out
+from .clients import (
+    Stats,
+    add_worker_arguments,
+    commands,
+    connected_socket,
+    dump_stats,
+    open_all,
+    report_ready,
+    run_worker,
+    source,
+)
 
 
 class Bytes:
@@ -179,14 +187,7 @@ class LPClient(asyncio.Protocol):
         for event in events:
             event_id = event["id"]
             t = (event.get("data") or {}).get("t", 0)
-            stats.records.append((event_id, now, str(t).encode()))
-            count = stats.counts.get(event_id, 0) + 1
-            stats.counts[event_id] = count
-            if count == 1:
-                stats.first[event_id] = now
-            stats.last[event_id] = now
-            if count == stats.open:
-                stats.report(event_id, now)
+            stats.received(event_id, now, str(t).encode())
 
     def _resend(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -232,19 +233,7 @@ class Worker:
         return url.hostname or "127.0.0.1", url.port or 80, url.path or "/"
 
     async def _socket(self, index: int, host: str, port: int) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.sources:
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.sources[index % len(self.sources)], 0))
-            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return await connected_socket(host, port, source(self.sources, index), 10)
 
     async def _open_one(self, index: int) -> LPClient | None:
         loop = asyncio.get_running_loop()
@@ -294,69 +283,18 @@ class Worker:
         self.stats.recheck()
 
     async def connect(self) -> None:
-        start = time.time()
-        sem = asyncio.Semaphore(self.args.concurrency)
-
-        async def one(i: int) -> None:
-            async with sem:
-                proto = await self._open_one(i)
-            if proto is not None:
-                self.clients.append(proto)
-
-        await asyncio.gather(*(one(i) for i in range(self.args.n)))
-        _out(
-            {
-                "ev": "ready",
-                "n": self.args.n,
-                "open": self.stats.open,
-                "start": start,
-                "end": time.time(),
-                "failures": self.failures,
-                "retries": self.retries,
-                "errors": self.errors,
-            }
-        )
+        report_ready(self, await open_all(self))
 
     def dump(self) -> None:
-        per_id: dict[str, dict] = {}
-        lat: dict[int, list[int]] = {}
-        for event_id, recv, t in self.stats.records:
-            lat.setdefault(event_id, []).append(int((recv - float(t)) * 1e6))
-        for event_id, values in lat.items():
-            per_id[str(event_id)] = {
-                "count": self.stats.counts[event_id],
-                "first": self.stats.first[event_id],
-                "last": self.stats.last[event_id],
-                "lat_us": values,
-            }
-        cpu = os.times()
-        _out(
-            {
-                "ev": "stats",
-                "open": self.stats.open,
-                "closed_after_hello": self.stats.closed_after_hello,
-                "other_frames": self.stats.other_frames,
-                "cpu_s": cpu.user + cpu.system,
-                "per_id": per_id,
-                "bytes": {"path": "longpoll", **self.bytes.as_dict()},
-            }
-        )
+        dump_stats(self.stats, {"path": "longpoll", **self.bytes.as_dict()})
 
     async def main(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        _out({"ev": "started", "pid": os.getpid()})
         connecting: asyncio.Task | None = None
-        while True:
-            line = await reader.readline()
-            command = line.decode().strip()
+        async for command, _ in commands():
             if command == "connect" and connecting is None:
                 connecting = asyncio.ensure_future(self.connect())
             elif command == "dump":
                 self.dump()
-            elif command == "quit" or not line:
-                break
         if connecting is not None and not connecting.done():
             connecting.cancel()
         self.stats.closing = True
@@ -367,32 +305,8 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", action="append", required=True, help="http://127.x.x.x:P/path")
-    parser.add_argument("-n", type=int, required=True, help="clients (connections) to open")
-    parser.add_argument("--source", default="", help="comma separated local addresses to bind")
-    parser.add_argument("--concurrency", type=int, default=200, help="first requests in flight")
-    parser.add_argument("--attempts", type=int, default=5)
-    parser.add_argument("--handshake-timeout", type=float, default=30.0)
-    parser.add_argument("--max-seconds", type=float, default=1800.0)
-    args = parser.parse_args(argv)
-    for url in args.url:
-        host = urlsplit(url).hostname or ""
-        if not host.startswith("127."):
-            parser.error("the benchmark only connects to the loopback range 127.0.0.0/8")
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-
-    async def bounded() -> None:
-        try:
-            await asyncio.wait_for(Worker(args).main(), args.max_seconds)
-        except TimeoutError:
-            print("long-poll client worker: --max-seconds reached, exiting", file=sys.stderr)
-
-    asyncio.run(bounded())
+    add_worker_arguments(parser, url="http://127.x.x.x:P/path", n="clients (connections) to open")
+    run_worker(parser, Worker, "long-poll client worker", argv)
 
 
 if __name__ == "__main__":

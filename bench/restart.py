@@ -251,19 +251,9 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
 
         # 2. Live notifications -----------------------------------------------------------
         await asyncio.sleep(1.0)
-        for seq in range(1, args.live + 1):
-            event_id, t = await emitter.emit(seq)
-            emitted["live"].append(event_id)
-            ok = await clients.wait_done(event_id, args.timeout)
-            last = max((v[1] for v in clients.done.get(event_id, {}).values()), default=t)
-            log(
-                f"live {seq}/{args.live} (id {event_id}): "
-                + (f"all {n} got it in {(last - t) * 1000:.1f} ms" if ok else "TIMEOUT")
-            )
-            if not ok:
-                out["status"] = "live-timeout"
-                return out
-            await asyncio.sleep(args.gap)
+        if not await emit_live(emitter, clients, args, args.live, emitted["live"], "live"):
+            out["status"] = "live-timeout"
+            return out
 
         # 3. Stop the server --------------------------------------------------------------
         how = "SIGKILL" if args.kill else "SIGTERM"
@@ -343,18 +333,16 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
         # 6. Live notifications after the restart -------------------------------------------
         if out["status"] == "ok":
             await asyncio.sleep(1.0)
-            for seq in range(1, args.after + 1):
-                event_id, t = await emitter.emit(seq)
-                emitted["after"].append(event_id)
-                ok = await clients.wait_done(event_id, args.timeout)
-                last = max((v[1] for v in clients.done.get(event_id, {}).values()), default=t)
-                log(
-                    f"after restart {seq}/{args.after} (id {event_id}): "
-                    + (f"all got it in {(last - t) * 1000:.1f} ms" if ok else "TIMEOUT")
-                )
-                if not ok:
-                    out["status"] = "after-timeout"
-                await asyncio.sleep(args.gap)
+            if not await emit_live(
+                emitter,
+                clients,
+                args,
+                args.after,
+                emitted["after"],
+                "after restart",
+                stop_early=False,
+            ):
+                out["status"] = "after-timeout"
         await asyncio.sleep(1.0)
 
         # 7. Collect and verify ---------------------------------------------------------------
@@ -385,6 +373,36 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
             await clients.stop()
         for s in servers:
             s.stop()
+
+
+async def emit_live(
+    emitter: Any,
+    clients: Any,
+    args: argparse.Namespace,
+    count: int,
+    ids: list[int],
+    label: str,
+    *,
+    stop_early: bool = True,
+) -> bool:
+    """Emit ``count`` notifications one at a time, each awaited at every client (at most
+    ``--timeout`` s); their ids go to ``ids``. False if one timed out (then, with
+    ``stop_early``, the rest are not sent)."""
+    all_ok = True
+    for seq in range(1, count + 1):
+        event_id, t = await emitter.emit(seq)
+        ids.append(event_id)
+        ok = await clients.wait_done(event_id, args.timeout)
+        last = max((v[1] for v in clients.done.get(event_id, {}).values()), default=t)
+        log(
+            f"{label} {seq}/{count} (id {event_id}): "
+            + (f"all got it in {(last - t) * 1000:.1f} ms" if ok else "TIMEOUT")
+        )
+        all_ok = all_ok and ok
+        if not ok and stop_early:
+            return False
+        await asyncio.sleep(args.gap)
+    return all_ok
 
 
 def analyse_storm(peers: list[list], t: dict[str, float]) -> dict:
