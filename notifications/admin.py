@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
@@ -174,10 +175,15 @@ class BroadcastAdmin(admin.ModelAdmin):
         if form.cleaned_data.get("send_now") and form.instance.sent_at is None:
             self._send(request, form.instance)
 
+    def has_send_permission(self, request: HttpRequest) -> bool:
+        """Sending reaches real people: it needs ``notifications.send_broadcast``, not only
+        the right to view or edit drafts."""
+        return request.user.has_perm(services.SEND_BROADCAST_PERMISSION)
+
     def _send(self, request: HttpRequest, broadcast: Broadcast) -> bool:
         try:
             event = services.send_broadcast(broadcast, by=request.user)
-        except ValueError as exc:
+        except (ValueError, PermissionDenied) as exc:
             self.message_user(request, f"“{broadcast}” was not sent: {exc}", messages.ERROR)
             return False
         self.log_change(request, broadcast, f"Sent to {event.recipient_count} recipients.")
@@ -186,7 +192,7 @@ class BroadcastAdmin(admin.ModelAdmin):
         )
         return True
 
-    @admin.action(description="Send selected broadcasts")
+    @admin.action(description="Send selected broadcasts", permissions=["send"])
     def send_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         for broadcast in queryset.filter(sent_at__isnull=True):
             self._send(request, broadcast)

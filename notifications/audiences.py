@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
 from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 
 from .compiled import CompiledQuery
@@ -35,6 +35,7 @@ class Audience:
     groups: tuple[int, ...] = ()
     topic: Topic | None = None
     reach: str = Reach.TARGETED
+    permission: int | None = None
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class Audience:
         groups: Iterable[Group | int] = (),
         topic: Topic | str | None = None,
         reach: str = Reach.TARGETED,
+        permission: Permission | str | None = None,
     ) -> None:
         if reach not in Reach.values:
             raise ValueError(f"reach must be one of {Reach.values!r}, not {reach!r}")
@@ -50,10 +52,15 @@ class Audience:
         object.__setattr__(self, "groups", tuple(sorted({_pk(g, "group") for g in groups})))
         object.__setattr__(self, "topic", _topic(topic) if topic is not None else None)
         object.__setattr__(self, "reach", reach)
+        object.__setattr__(
+            self, "permission", _permission(permission) if permission is not None else None
+        )
 
     @property
     def is_empty(self) -> bool:
-        return not (self.users or self.groups or self.topic or self.reach)
+        return not (
+            self.users or self.groups or self.topic or self.reach or self.permission is not None
+        )
 
 
 @dataclass
@@ -74,6 +81,25 @@ def _pk(obj: Any, kind: str) -> int:
     pk = getattr(obj, "pk", None)
     if pk is None:
         raise ValueError(f"not a saved {kind}: {obj!r}")
+    return pk
+
+
+def _permission(value: Permission | str) -> int:
+    """The pk of a permission named ``"app_label.codename"`` (as ``user.has_perm`` takes it)."""
+    if isinstance(value, Permission):
+        if value.pk is None:
+            raise ValueError("the permission is not saved")
+        return value.pk
+    if not isinstance(value, str) or value.count(".") != 1:
+        raise ValueError(f"permission must be 'app_label.codename', not {value!r}")
+    app_label, codename = value.split(".")
+    pk = (
+        Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if pk is None:
+        raise ValueError(f"no permission {value!r}")
     return pk
 
 

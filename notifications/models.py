@@ -10,7 +10,7 @@ read") plus one :class:`ReadMark` per event read individually above it.
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -61,12 +61,24 @@ class Topic(models.Model):
         related_name="notification_topics",
         blank=True,
         verbose_name="subscribed groups",
-        help_text="Every member of these groups follows the topic.",
+        help_text="Every member of these groups may read the topic and follows it.",
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        related_name="notification_private_topics",
+        blank=True,
+        verbose_name="members",
+        help_text="Users who may read this private topic besides its groups' members; they "
+        "follow it. A user's own subscription is not a grant: it counts only while the user "
+        "may read the topic.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("view_private_topics", "Can read every private topic and its history"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -110,6 +122,19 @@ class Event(models.Model):
     groups = models.ManyToManyField(Group, blank=True, related_name="+")
     to_topic = models.BooleanField(
         default=False, help_text="Sent to the subscribers of `topic`, not only labelled with it."
+    )
+    permission = models.ForeignKey(
+        Permission,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Sent to the active users who have this permission.",
+    )
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="After this, the event is no longer delivered, replayed or counted as unread.",
     )
     recipient_count = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
@@ -196,6 +221,7 @@ class Broadcast(models.Model):
         GROUPS = "groups", "Groups"
         USERS = "users", "Users"
         TOPIC = "topic", "Topic subscribers"
+        PERMISSION = "permission", "Users with a permission"
 
     title = models.CharField(max_length=TITLE_MAX_LENGTH)
     body = models.TextField(blank=True)
@@ -205,6 +231,18 @@ class Broadcast(models.Model):
     groups = models.ManyToManyField(Group, blank=True, related_name="+")
     users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
     topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.SET_NULL)
+    permission = models.ForeignKey(
+        Permission, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    send_at = models.DateTimeField(
+        null=True, blank=True, help_text="Send at this time instead of now (scheduled)."
+    )
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="After this, the notification is no longer delivered, replayed or counted "
+        "as unread; it stays here.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -219,6 +257,7 @@ class Broadcast(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("send_broadcast", "Can send broadcasts")]
 
     def __str__(self) -> str:
         return self.title

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -143,13 +144,15 @@ def notify(
     data: dict[str, Any] | None = None,
     actor: AbstractBaseUser | None = None,
     idempotency_key: str | None = None,
+    expires_at: datetime | None = None,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
 
     ``recipients``: a user, an iterable or QuerySet of users, a Group, a Topic or its slug,
     ``"everyone"`` (anonymous visitors included) or an :class:`~notifications.Audience`.
     Returns the stored event (``id``, ``recipient_count``). The same ``idempotency_key``
-    within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. Raises
+    within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
+    ``expires_at`` the event is no longer delivered, replayed or counted as unread. Raises
     ``ValueError`` for bad arguments; nothing is stored then.
     """
     audience = resolve(recipients)
@@ -160,6 +163,10 @@ def notify(
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
     ):
         raise ValueError("idempotency_key must be a string of 1 to 200 characters")
+    if expires_at is not None and (
+        not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)
+    ):
+        raise ValueError("expires_at must be an aware datetime")
     active_named = _check_users_exist(audience.users) if audience.users else 0
     if audience.groups:
         _check_groups_exist(audience.groups)
@@ -183,6 +190,8 @@ def notify(
             actor=actor,
             reach=audience.reach,
             to_topic=audience.topic is not None,
+            permission_id=audience.permission,
+            expires_at=expires_at,
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
         )
@@ -355,6 +364,10 @@ def broadcast_audience(broadcast: Broadcast) -> Audience:
         if broadcast.topic is None:
             raise ValueError("choose a topic")
         audience = Audience(topic=broadcast.topic)
+    elif kind == Broadcast.Audience.PERMISSION:
+        if broadcast.permission_id is None:
+            raise ValueError("choose a permission")
+        audience = Audience(permission=broadcast.permission)
     else:
         raise ValueError(f"unknown audience {kind!r}")
     if audience.is_empty:
@@ -362,8 +375,26 @@ def broadcast_audience(broadcast: Broadcast) -> Audience:
     return audience
 
 
+SEND_BROADCAST_PERMISSION = "notifications.send_broadcast"
+
+
+def check_may_send(user: AbstractBaseUser | AnonymousUser | None) -> None:
+    """Raise ``PermissionDenied`` unless ``user`` may send broadcasts (an active user with
+    ``notifications.send_broadcast``; superusers have every permission)."""
+    if user is None or not user.is_active or not user.has_perm(SEND_BROADCAST_PERMISSION):
+        raise PermissionDenied(
+            f"sending a broadcast needs the permission {SEND_BROADCAST_PERMISSION}"
+        )
+
+
 def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Event:
-    """Send a staff broadcast once; ``ValueError`` if it was already sent or names nobody."""
+    """Send a staff broadcast once on behalf of ``by``.
+
+    Raises ``PermissionDenied`` unless ``by`` has ``notifications.send_broadcast`` (every path
+    that sends goes through here: the admin form and actions, scheduled sends), ``ValueError``
+    if it was already sent or names nobody.
+    """
+    check_may_send(by)
     with transaction.atomic():
         locked = Broadcast.objects.select_for_update().get(pk=broadcast.pk)
         if locked.sent_at is not None:
@@ -375,6 +406,7 @@ def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Even
             url=locked.url,
             level=locked.level,
             actor=by,
+            expires_at=locked.expires_at,
         )
         Broadcast.objects.filter(pk=locked.pk).update(
             sent_at=timezone.now(), sent_by=by, event=event
