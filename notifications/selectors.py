@@ -254,3 +254,97 @@ def users_in_groups(group_ids: Iterable[int]) -> list[int]:
         return []
     users = get_user_model()._default_manager.filter(groups__in=ids)
     return list(users.values_list("pk", flat=True).distinct())
+
+
+# The feed (the bell's list and the JSON inbox API) --------------------------------------------
+
+
+def seen_through(user: AnyUser) -> int:
+    """The user's "seen" watermark (0 for anonymous visitors and users who never opened it)."""
+    from .models import FeedState
+
+    if not user.is_authenticated:
+        return 0
+    value = FeedState.objects.filter(user=user).values_list("seen_through", flat=True).first()
+    return value or 0
+
+
+def unseen_count(user: AnyUser) -> int | None:
+    """Events the user may see above the seen watermark and not archived (None: anonymous)."""
+    from .models import ArchiveMark
+
+    if not user.is_authenticated:
+        return None
+    return (
+        Event.objects.filter(visible_to(user), id__gt=seen_through(user))
+        .exclude(Exists(ArchiveMark.objects.filter(user=user, event=OuterRef("pk"))))
+        .count()
+    )
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    events: list[Event]  # newest first; each with ``is_read`` and ``is_archived``
+    next_before: int | None  # pass as ``before`` for the next (older) page; None: no more
+    seen_through: int
+
+
+FEED_PAGE_MAX = 100
+
+
+def feed_page(
+    user: AnyUser,
+    *,
+    before: int | None = None,
+    limit: int = 20,
+    unread_only: bool = False,
+    topic: str | None = None,
+    archived: bool = False,
+) -> FeedPage:
+    """One page of the feed: events ``user`` may see (the audience rule), newest first, with
+    ``id < before``, optionally only unread ones or one topic's; archived events only with
+    ``archived=True`` (and then only those)."""
+    from .models import ArchiveMark
+
+    limit = max(1, min(limit, FEED_PAGE_MAX))
+    events = _with_read_flag(visible_events(user), user)
+    if user.is_authenticated:
+        events = events.annotate(
+            is_archived=Exists(ArchiveMark.objects.filter(user=user, event=OuterRef("pk")))
+        ).filter(is_archived=archived)
+    elif archived:
+        events = events.none()
+    else:
+        events = events.annotate(is_archived=ExpressionWrapper(Q(pk__in=[]), BooleanField()))
+    if before is not None:
+        events = events.filter(id__lt=before)
+    if unread_only:
+        events = events.filter(is_read=False)
+    if topic is not None:
+        events = events.filter(topic__slug=topic)
+    rows = list(events.order_by("-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return FeedPage(
+        events=rows,
+        next_before=rows[-1].id if more and rows else None,
+        seen_through=seen_through(user),
+    )
+
+
+def preferences_of(user: AbstractBaseUser):
+    """The user's stored :class:`~notifications.models.Preferences` (unsaved defaults if none)."""
+    from .models import Preferences
+
+    return Preferences.objects.filter(user=user).first() or Preferences(user=user)
+
+
+def followed_topics(user: AnyUser) -> list:
+    """Topics the user follows, directly or through a group, by name (what the feed's topic
+    filter and the mute list offer)."""
+    from .audiences import membership_of
+    from .models import Topic
+
+    if not user.is_authenticated:
+        return []
+    return list(Topic.objects.filter(pk__in=membership_of(user).topic_ids).order_by("name"))

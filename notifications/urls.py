@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -9,4 +9,5 @@ urlpatterns = [
     path("notifications/<int:event_id>/read/", views.mark_read, name="mark_read"),
     path("notifications/read-all/", views.mark_all_read, name="mark_all_read"),
     path("healthz", views.healthz, name="healthz"),
+    path("", include("notifications.api.inbox_urls")),
 ]

@@ -26,6 +26,7 @@ class Connection:
         "anon_topics",
         "close",
         "dropped",
+        "extensions",
         "group_ids",
         "id",
         "ip",
@@ -58,6 +59,9 @@ class Connection:
         self.ip = ip
         self.max_buffered = max_buffered
         self.dropped = False
+        # Protocol extensions the client asked for (``?ext=inbox``): frames beyond v1 that
+        # only such clients get, so a strict v1 client never sees an unknown type.
+        self.extensions: frozenset[str] = frozenset()
         self.anon_topics: set[int] = set()
         self.position = 0
         self.last_sent = 0

@@ -183,6 +183,7 @@ class NotificationConsumer:
             session_key=session_key if membership.user_id else None,
             ip=ip,
         )
+        conn.extensions = frames.extensions(query)
         conn.pause()  # live events wait until hello (and the replay) are out
         start = hub.attach(conn)
         for topic_id in topics:

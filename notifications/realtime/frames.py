@@ -37,6 +37,15 @@ def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
     }
 
 
+# Protocol extensions a client may ask for with ``?ext=NAME`` (docs/client.md).
+EXTENSIONS = frozenset({"inbox"})
+
+
+def extensions(query: dict[str, list[str]]) -> frozenset[str]:
+    """The known extensions named in a parsed query string (unknown names are ignored)."""
+    return frozenset(name for name in query.get("ext", ())[:8] if name in EXTENSIONS)
+
+
 def with_ref(frame: dict[str, Any], ref: str | int | None) -> dict[str, Any]:
     if ref is not None:
         frame["ref"] = ref

@@ -418,6 +418,10 @@ class Hub:
             await self._reload_members(message["users"])
         elif kind == messages.SESSION_ENDED:
             await self._close_sessions(set(message["sessions"]))
+        elif kind == messages.USER_FRAME:
+            await self._send_to_user(
+                message["user"], message["frame"], message.get("exclude"), message["ext"]
+            )
 
     # Ordered fan-out ---------------------------------------------------------------------------
 
@@ -549,6 +553,16 @@ class Hub:
         frame = Frame(frames.encode({"type": "unread", "count": count}))
         for conn in list(self.by_user.get(user_id, ())):
             if conn.id != exclude:
+                await conn.send_control(frame)
+
+    async def _send_to_user(
+        self, user_id: int, text: str, exclude: str | None, extension: str
+    ) -> None:
+        """A control frame of a protocol extension (inbox state, preferences) for one user's
+        sockets in this process that asked for that extension."""
+        frame = Frame(text)
+        for conn in list(self.by_user.get(user_id, ())):
+            if conn.id != exclude and extension in conn.extensions:
                 await conn.send_control(frame)
 
     async def _reload_members(self, user_ids: list[int]) -> None:

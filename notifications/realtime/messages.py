@@ -16,6 +16,8 @@ EVENT = "notifications.event"
 UNREAD = "notifications.unread"
 MEMBERSHIP = "notifications.membership"
 SESSION_ENDED = "notifications.session_ended"
+# A pre-encoded frame for every connection of one user (inbox state, preferences).
+USER_FRAME = "notifications.user_frame"
 
 
 def event(
@@ -53,3 +55,9 @@ def membership(*, user_ids: Sequence[int]) -> dict[str, Any]:
 
 def session_ended(*, session_keys: Sequence[str]) -> dict[str, Any]:
     return {"type": SESSION_ENDED, "sessions": list(session_keys)}
+
+
+def user_frame(*, user_id: int, frame: str, exclude: str | None, ext: str) -> dict[str, Any]:
+    """``frame`` (encoded once) for every connection of ``user_id`` but ``exclude`` that
+    asked for the protocol extension ``ext``."""
+    return {"type": USER_FRAME, "user": user_id, "frame": frame, "exclude": exclude, "ext": ext}
