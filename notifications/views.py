@@ -14,9 +14,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from . import selectors, services
+from .models import Level
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +83,36 @@ def healthz(request: HttpRequest) -> JsonResponse:
         logger.warning("healthz: database unavailable: %s", exc)
         return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
+def preferences(request: HttpRequest) -> HttpResponse:
+    """Mute topics and choose the levels that make a toast or a desktop notification (works
+    without JavaScript; the feed's panel edits the same through the JSON API)."""
+    errors: list[str] = []
+    if request.method == "POST":
+        try:
+            services.update_preferences(
+                request.user,
+                muted_topics=request.POST.getlist("muted_topics"),
+                toast_levels=request.POST.getlist("toast_levels"),
+                desktop_levels=request.POST.getlist("desktop_levels"),
+            )
+        except ValueError as exc:
+            errors.append(str(exc))
+        else:
+            messages.success(request, "Your notification preferences are saved.")
+            return redirect("notifications:preferences")
+    stored = services.preferences_frame(selectors.preferences_of(request.user))
+    levels = [(value, label) for value, label in Level.choices]
+    return render(
+        request,
+        "notifications/preferences.html",
+        {
+            "errors": errors,
+            "levels": levels,
+            "topics": selectors.followed_topics(request.user),
+            "prefs": stored,
+        },
+    )
