@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -114,8 +115,12 @@ async def stream(request: HttpRequest) -> HttpResponse:
         return HttpResponse(status=403)
     bridge = StreamBridge()
     socket_scope = {**scope, "type": "websocket", "path": WEBSOCKET_PATH, "subprotocols": []}
-    task = asyncio.ensure_future(
-        NotificationConsumer(socket_scope, bridge.receive, bridge.send).run()
+    # A fresh context: the request's would tie the consumer's (and, when this stream starts
+    # it, the hub's) database calls to the request's thread executor, which Django shuts
+    # down when the view returns, long before the stream ends.
+    task = asyncio.get_running_loop().create_task(
+        NotificationConsumer(socket_scope, bridge.receive, bridge.send).run(),
+        context=contextvars.Context(),
     )
     if not await _started(bridge):
         bridge.gone.set()
