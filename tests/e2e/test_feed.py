@@ -224,3 +224,18 @@ def test_unread_archive_and_seen_stay_in_step_across_tabs(
     first.goto(site_server.origin + "/notifications/")
     expect(first.locator(f'[data-inbox-list] [data-event-id="{gone.id}"]')).to_be_visible()
     assert page_errors == []
+
+
+def test_inbox_page_rows_follow_a_read_in_the_feed(site_server, signed_in, make_user, page_errors):
+    alice = make_user("alice")
+    first = notify(alice, "First")
+    notify(alice, "Second")
+    context = signed_in(alice)
+    inbox = open_page(context, site_server, page_errors, "/notifications/")
+    home = open_page(context, site_server, page_errors)
+    home.locator("[data-notifications-bell]").click()
+    feed(home).locator(f'[data-event-id="{first.id}"] [data-item-toggle-read]').click()
+    row = inbox.locator(f'[data-inbox-list] [data-event-id="{first.id}"]')
+    expect(row).to_have_class(re.compile(r"\bread\b"), timeout=DEADLINE_MS)
+    expect(inbox.locator("[data-inbox-list] .nt-row.unread")).to_have_count(1)
+    assert page_errors == []
