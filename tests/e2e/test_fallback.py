@@ -113,15 +113,18 @@ def proxied(request, transactional_db):
         yield server, proxy
 
 
+@pytest.mark.parametrize("sharing", ["per-tab", "shared-worker"])
 def test_falls_back_to_server_sent_events_and_retries_websocket(
-    proxied, browser, make_user, page_errors
+    proxied, browser, make_user, page_errors, sharing
 ):
+    # per-tab: the tab's own client falls back; shared-worker: the worker's does, for all tabs.
+    transport = "sse" if sharing == "per-tab" else "shared"
     server, proxy = proxied
     alice = make_user("alice")
     before = notify(alice, "Before the page")
     context = browser.new_context()
     try:
-        context.add_init_script(NO_SHARING + FAST_RETRY)
+        context.add_init_script((NO_SHARING if sharing == "per-tab" else "") + FAST_RETRY)
         name, _, value = session_cookie(alice).partition("=")
         context.add_cookies([{"name": name, "value": value, "url": proxy.origin}])
         page = context.new_page()
@@ -129,7 +132,7 @@ def test_falls_back_to_server_sent_events_and_retries_websocket(
         page.goto(proxy.origin + "/")
         state = page.locator("[data-notifications-state]")
         expect(state).to_have_attribute("data-state", "open", timeout=DEADLINE_MS)
-        assert page.evaluate("window.notifications.transport") == "sse"
+        assert page.evaluate("window.notifications.transport") == transport
         assert proxy.refused >= 2
         badge = page.locator("[data-notifications-badge]")
         expect(badge).to_have_text("1")
@@ -150,7 +153,7 @@ def test_falls_back_to_server_sent_events_and_retries_websocket(
             assert time.monotonic() < deadline, "the client never tried WebSocket again"
             page.wait_for_timeout(50)  # lets the page run while the proxy counts
         expect(state).to_have_attribute("data-state", "open", timeout=DEADLINE_MS)
-        assert page.evaluate("window.notifications.transport") == "sse"
+        assert page.evaluate("window.notifications.transport") == transport
         # Resumed from its cursor: a notification sent meanwhile arrives once.
         after = notify(alice, "After the retry")
         expect(page.locator(f'.nt-toast[data-notification-id="{after.id}"]')).to_have_count(

@@ -150,3 +150,21 @@ def test_without_sharing_each_tab_connects(server, context_for, make_user, page_
     for tab in tabs:
         expect(toasts(tab, event)).to_have_count(1, timeout=DEADLINE_MS)
     assert page_errors == []
+
+
+def test_anonymous_topic_followed_through_the_shared_connection(browser, server, page_errors):
+    from notifications.models import Topic
+
+    Topic.objects.create(name="Status", slug="status")
+    context = browser.new_context()
+    try:
+        tabs = open_tabs(context, server, page_errors, 2)
+        wait_for_connections(server, 1)
+        answer = tabs[0].evaluate("window.notifications.subscribe('status')")
+        assert answer == {"type": "subscribed", "topic": "status", "ref": answer["ref"]}
+        event = notify("status", "All systems go")
+        for tab in tabs:  # one connection: its topics are every tab's
+            expect(toasts(tab, event)).to_have_count(1, timeout=DEADLINE_MS)
+    finally:
+        context.close()
+    assert page_errors == []

@@ -68,6 +68,26 @@ export class Relay {
 
   /** A frame from a tab: its `ref` is made unique to the tab and restored in the answer. */
   send(tab, frame) {
+    const client = this.#client;
+    const post = this.#tabs.get(tab)?.post;
+    const calls = {
+      // The relay's own client follows an anonymous visitor's topics again after each
+      // reconnect (they last one connection on the server), and reads over the JSON API
+      // when it is on the event stream (which carries nothing upstream).
+      subscribe: () => client.subscribe(frame.topic, { cursor: frame.cursor }),
+      unsubscribe: () => client.unsubscribe(frame.topic),
+      read: () => client.markRead(frame.ids),
+      read_all: () => client.markAllRead(),
+    };
+    if (client && post && Object.hasOwn(calls, frame.type)) {
+      const call = calls[frame.type]();
+      const answer = (out) => post({ type: "frame", frame: { ...out, ref: frame.ref } });
+      call.then(answer, (error) => {
+        const code = error?.code ?? "internal_error";
+        answer(error?.frame ?? { type: "error", code, message: String(error?.message ?? error) });
+      });
+      return true;
+    }
     const copy = { ...frame };
     if (copy.ref !== undefined) {
       copy.ref = `t${tab}:${typeof copy.ref === "number" ? "n" : "s"}${copy.ref}`;
@@ -117,7 +137,10 @@ export class Relay {
           continue;
         }
       } else if (frame.ref !== undefined) {
-        out = { ...frame }; // an answer to the relay's own request (a keepalive, a resume)
+        // An answer to the relay's own request (a keepalive, a resume, a tab's subscribe,
+        // which is answered above): only what changes every tab's state goes on.
+        if (frame.type !== "unread" && frame.type !== "replayed") continue;
+        out = { ...frame };
         delete out.ref;
       }
       post({ type: "frame", frame: out, resumed });
