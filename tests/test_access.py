@@ -267,9 +267,7 @@ def _store_poison() -> Event | None:
 
     try:
         with transaction.atomic():
-            return Event.objects.create(
-                title="poison", reach=Reach.EVERYONE, data={"v": "\ud800"}
-            )
+            return Event.objects.create(title="poison", reach=Reach.EVERYONE, data={"v": "\ud800"})
     except (DataError, IntegrityError, ValueError):
         assert connection.vendor == "postgresql"
         return None
@@ -342,3 +340,32 @@ def test_non_ascii_digit_cursor_on_the_real_server(server):
         frames = asyncio.run(scenario(running.port))
     assert [f["type"] for f in frames] == ["hello", "error", "pong"]
     assert frames[1]["code"] == "bad_request"
+
+
+# Beyond the list: other entry points -------------------------------------------------------------
+
+
+def test_cli_refuses_text_that_is_not_unicode(make_user):
+    """Bytes that are not UTF-8 in argv reach Python as lone surrogates (surrogateescape):
+    `manage.py notify --title $'\\xff'` must fail cleanly, storing nothing."""
+    from django.core.management import CommandError, call_command
+
+    make_user("alice")
+    with pytest.raises(CommandError, match="title is not valid Unicode"):
+        call_command("notify", "--title", "bad \udcff", "--user", "alice")
+    with pytest.raises(CommandError, match="no permission 'auth.nope'"):
+        call_command("notify", "--title", "x", "--permission", "auth.nope")
+    assert Event.objects.count() == 0
+
+
+def test_admin_form_refuses_nul_characters(client, make_user):
+    """PostgreSQL cannot store NUL in text: the admin form refuses it (Django's
+    ProhibitNullCharactersValidator) instead of failing with a 500."""
+    root = make_user("root", is_staff=True, is_superuser=True)
+    client.force_login(root)
+    response = client.post(
+        "/admin/notifications/broadcast/add/",
+        {"title": "a\x00b", "body": "", "url": "", "level": "info", "audience": "everyone"},
+    )
+    assert response.status_code == 200 and b"Null characters are not allowed" in response.content
+    assert Broadcast.objects.count() == 0
