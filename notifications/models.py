@@ -137,6 +137,13 @@ class Event(models.Model):
         help_text="After this, the event is no longer delivered, replayed or counted as unread.",
     )
     recipient_count = models.PositiveIntegerField(default=0)
+    group_key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="Events with the same key collapse into one row of the feed.",
+    )
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 

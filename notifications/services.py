@@ -144,6 +144,7 @@ def notify(
     actor: AbstractBaseUser | None = None,
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
+    group_key: str | None = None,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
 
@@ -151,8 +152,9 @@ def notify(
     ``"everyone"`` (anonymous visitors included) or an :class:`~notifications.Audience`.
     Returns the stored event (``id``, ``recipient_count``). The same ``idempotency_key``
     within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
-    ``expires_at`` the event is no longer delivered, replayed or counted as unread. Raises
-    ``ValueError`` for bad arguments; nothing is stored then.
+    ``expires_at`` the event is no longer delivered, replayed or counted as unread. Events
+    with the same ``group_key`` collapse into one row of the feed ("Ann and 2 others").
+    Raises ``ValueError`` for bad arguments; nothing is stored then.
     """
     audience = resolve(recipients)
     data = _validate(title, body, level, data)
@@ -168,6 +170,10 @@ def notify(
         not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)
     ):
         raise ValueError("expires_at must be an aware datetime")
+    if group_key is not None:
+        if not isinstance(group_key, str) or not 0 < len(group_key) <= 200:
+            raise ValueError("group_key must be a string of 1 to 200 characters")
+        check_text(group_key, "group_key")
     active_named = _check_users_exist(audience.users) if audience.users else 0
     if audience.groups:
         _check_groups_exist(audience.groups)
@@ -195,6 +201,7 @@ def notify(
             expires_at=expires_at,
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
+            group_key=group_key or "",
         )
         if audience.groups:
             event.groups.set(audience.groups)

@@ -94,6 +94,16 @@ def _ids(body: dict[str, Any], field: str = "ids") -> list[int]:
     return value
 
 
+def _ids_or_group(request: HttpRequest, body: dict[str, Any]) -> list[int]:
+    """``ids``, or the ids of the user's events in the group ``group_key``."""
+    key = body.get("group_key")
+    if key is None:
+        return _ids(body)
+    if not isinstance(key, str) or not 0 < len(key) <= 200:
+        raise BadRequest("'group_key' must be a string of 1 to 200 characters", "group_key")
+    return selectors.group_event_ids(request.user, key)
+
+
 def _query_int(request: HttpRequest, name: str, *, default: int | None = None) -> int | None:
     value = request.GET.get(name)
     if value is None or value == "":
@@ -130,6 +140,11 @@ def inbox(request: HttpRequest) -> JsonResponse:
     topic = request.GET.get("topic") or None
     if topic is not None and not frames.SLUG_RE.match(topic):
         raise BadRequest("'topic' must be a topic slug", "topic")
+    group_key = request.GET.get("group_key") or None
+    if group_key is not None and len(group_key) > 200:
+        raise BadRequest("'group_key' is longer than 200 characters", "group_key")
+    group = _flag(request, "group")
+    archived = _flag(request, "archived")
     limit = _query_int(request, "limit", default=20)
     assert limit is not None
     if not 1 <= limit <= selectors.FEED_PAGE_MAX:
@@ -142,11 +157,23 @@ def inbox(request: HttpRequest) -> JsonResponse:
         limit=limit,
         unread_only=_flag(request, "unread"),
         topic=topic,
-        archived=_flag(request, "archived"),
+        archived=archived,
+        group=group,
+        group_key=group_key,
     )
+    items = [item(event, seen_through=page.seen_through) for event in page.events]
+    if group:
+        summaries = selectors.group_summaries(
+            request.user,
+            [row["group_key"] for row in items if row.get("group_key")],
+            archived=archived,
+        )
+        for row in items:
+            if row.get("group_key"):
+                row["group"] = summaries[row["group_key"]]
     return JsonResponse(
         {
-            "items": [item(event, seen_through=page.seen_through) for event in page.events],
+            "items": items,
             "next": page.next_before,
             "cursor": cursor,
             "seen_through": page.seen_through,
@@ -163,12 +190,13 @@ def count(request: HttpRequest) -> JsonResponse:
 
 @endpoint("POST")
 def read(request: HttpRequest) -> JsonResponse:
-    """``POST /api/v1/inbox/read`` with ``{"ids": [...]}`` or ``{"all": true}``."""
+    """``POST /api/v1/inbox/read`` with ``{"ids": [...]}``, ``{"group_key": "..."}`` (the
+    whole group) or ``{"all": true}``."""
     body = _body(request)
     if body.get("all") is True:
         unread = services.mark_all_read(request.user)
     else:
-        unread = services.mark_read(request.user, _ids(body))
+        unread = services.mark_read(request.user, _ids_or_group(request, body))
     return JsonResponse({"unread": unread})
 
 
@@ -190,7 +218,7 @@ def seen(request: HttpRequest) -> JsonResponse:
 
 
 def _archive(request: HttpRequest, *, archived: bool) -> JsonResponse:
-    ids = services.archive(request.user, _ids(_body(request)), archived=archived)
+    ids = services.archive(request.user, _ids_or_group(request, _body(request)), archived=archived)
     return JsonResponse({"ids": ids, **_counts(request.user)})
 
 

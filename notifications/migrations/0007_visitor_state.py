@@ -16,6 +16,17 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="event",
+            name="group_key",
+            field=models.CharField(
+                blank=True,
+                db_index=True,
+                default="",
+                help_text="Events with the same key collapse into one row of the feed.",
+                max_length=200,
+            ),
+        ),
         migrations.CreateModel(
             name="FeedState",
             fields=[

@@ -50,7 +50,15 @@ def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
         "created_at": event.created_at.isoformat(),
         "read": read,
         "replay": replay,
+        # Grouped events (notify(group_key=...), docs/client.md) also carry the key and
+        # who acted; other frames stay exactly as version 1 has them.
+        **(_grouping(event) if event.group_key else {}),
     }
+
+
+def _grouping(event: Event) -> dict[str, Any]:
+    actor = event.actor if event.actor_id else None
+    return {"group_key": event.group_key, "actor": actor.get_username() if actor else None}
 
 
 # Protocol extensions a client may ask for with ``?ext=NAME`` (docs/client.md).

@@ -239,3 +239,27 @@ def test_inbox_page_rows_follow_a_read_in_the_feed(site_server, signed_in, make_
     expect(row).to_have_class(re.compile(r"\bread\b"), timeout=DEADLINE_MS)
     expect(inbox.locator("[data-inbox-list] .nt-row.unread")).to_have_count(1)
     assert page_errors == []
+
+
+def test_grouped_row_counts_live_and_reads_the_group(
+    site_server, signed_in, make_user, page_errors
+):
+    alice = make_user("alice")
+    ann, bob, cy, dee = (make_user(name) for name in ("ann", "bob", "cy", "dee"))
+    for actor in (ann, bob, cy):
+        notify(alice, f"{actor.username} commented on your post", actor=actor, group_key="post-7")
+    page = open_page(signed_in(alice), site_server, page_errors)
+    page.locator("[data-notifications-bell]").click()
+    expect(rows(page)).to_have_count(1)
+    group = rows(page).first.locator("[data-item-group]")
+    expect(group).to_have_text("cy and 2 others · 3 notifications, 3 unread")
+    page.screenshot(path=f"{SHOTS}/feed-group.png")
+
+    notify(alice, "dee commented on your post", actor=dee, group_key="post-7")
+    expect(group).to_have_text("dee and 3 others · 4 notifications, 4 unread", timeout=DEADLINE_MS)
+    expect(rows(page)).to_have_count(1)
+    expect(page.locator("[data-notifications-badge]")).to_have_text("4")
+    rows(page).first.locator("[data-item-toggle-read]").click()
+    expect(page.locator("[data-notifications-badge]")).to_be_hidden(timeout=DEADLINE_MS)
+    assert unread_count(alice) == 0
+    assert page_errors == []

@@ -31,6 +31,17 @@ function formatTime(iso) {
   return Number.isNaN(date.getTime()) ? "" : timeFormat.format(date);
 }
 
+/** "Ann", "Ann and Bob", "Ann and 24 others": who acted in a group (newest first). */
+export function groupLabel(group) {
+  const actors = Array.isArray(group?.actors) ? group.actors : [];
+  const total = Math.max(group?.actor_count ?? 0, actors.length);
+  if (!actors.length) return "";
+  if (total === 1) return actors[0];
+  if (total === 2 && actors.length === 2) return `${actors[0]} and ${actors[1]}`;
+  const others = total - 1;
+  return `${actors[0]} and ${others} other${others === 1 ? "" : "s"}`;
+}
+
 const plainClick = (event) =>
   event.button === 0 && !event.metaKey && !event.ctrlKey && !event.shiftKey && !event.altKey;
 
@@ -160,6 +171,8 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
     const level = LEVELS.includes(item.level) ? item.level : "info";
     const row = h("li", { class: "nt-item", "data-event-id": String(item.id), "data-level": level, "data-topic": item.topic ?? "" });
     row.dataset.title = item.title;
+    const group = item.group && item.group.count > 1 ? item.group : null;
+    if (item.group_key) row.dataset.groupKey = item.group_key;
     const href = safeHref(item.url);
     const open = href
       ? h("a", { class: "nt-item__open", href, "data-item-open": "" })
@@ -167,6 +180,12 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
     open.append(h("span", { class: "nt-visually-hidden", "data-item-state": "" }));
     open.append(h("span", { class: "nt-item__title" }, item.title));
     if (item.body) open.append(h("span", { class: "nt-item__body" }, item.body));
+    if (group) {
+      // "Ann and 24 others · 25 notifications": the group's newest row stands for all.
+      const who = groupLabel(group);
+      const text = `${who ? `${who} · ` : ""}${group.count} notifications${group.unread ? `, ${group.unread} unread` : ""}`;
+      open.append(h("span", { class: "nt-item__group", "data-item-group": "", "data-count": String(group.count) }, text));
+    }
     const meta = h("span", { class: "nt-item__meta" });
     meta.append(h("span", { class: `nt-item__level nt-item__level--${level}` }, LEVEL_LABELS[level]));
     if (item.topic) meta.append(h("span", { class: "nt-item__topic" }, `#${item.topic}`));
@@ -179,7 +198,7 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
       h("button", { type: "button", class: "nt-item__action", "data-item-archive": "", "aria-label": `Archive: ${item.title}` }, "Archive"),
     );
     row.append(open, actions);
-    setRead(row, Boolean(item.read));
+    setRead(row, group ? group.unread === 0 : Boolean(item.read));
     renderMuted(row);
     return row;
   };
@@ -187,6 +206,12 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
   /** Put a row where its id belongs (newest first); an id already shown is left alone. */
   const insertRow = (item) => {
     if (findRow(item.id)) return;
+    if (item.group_key) {
+      // One row per group: the newest stands for it.
+      const shown = list.querySelector(`[data-group-key="${CSS.escape(item.group_key)}"]`);
+      if (shown && Number(shown.dataset.eventId) > item.id) return;
+      shown?.remove();
+    }
     const before = rows().find((row) => Number(row.dataset.eventId) < item.id);
     list.insertBefore(buildRow(item), before ?? null);
   };
@@ -203,7 +228,7 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
     const mine = generation;
     more.hidden = false;
     loading = client
-      .api("", { query: { before: next, limit: pageSize, unread: tab === "unread" ? 1 : null, topic: topic || null } })
+      .api("", { query: { before: next, limit: pageSize, unread: tab === "unread" ? 1 : null, topic: topic || null, group: 1 } })
       .then((answer) => {
         if (mine !== generation) return;
         for (const item of answer.items) insertRow(item);
@@ -385,6 +410,25 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
   });
 
   // Row actions -------------------------------------------------------------------------------
+  /** Mark a row read: its event, or every event of its group. */
+  const readRow = (row) => {
+    const key = row.dataset.groupKey;
+    if (key && row.querySelector("[data-item-group]")) {
+      return client.api("/read", { method: "POST", body: { group_key: key } }).then(() => refreshGroup(key));
+    }
+    return client.markRead([Number(row.dataset.eventId)]);
+  };
+
+  /** Read one group's row again (its counts changed): the newest event stands for it. */
+  const refreshGroup = (key) =>
+    client
+      .api("", { query: { group: 1, group_key: key, limit: 1, unread: tab === "unread" ? 1 : null, topic: topic || null } })
+      .then((answer) => {
+        list.querySelector(`[data-group-key="${CSS.escape(key)}"]`)?.remove();
+        for (const item of answer.items) insertRow(item);
+        renderEmpty();
+      });
+
   on(list, "click", async (event) => {
     const row = event.target.closest?.("[data-event-id]");
     if (!row) return;
@@ -395,13 +439,13 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
       const href = event.target.closest("a[href]")?.href ?? null;
       if (row.dataset.read !== "true") {
         setRead(row, true);
-        await Promise.race([client.markRead([id]).catch(() => null), new Promise((r) => setTimeout(r, 1500))]);
+        await Promise.race([readRow(row).catch(() => null), new Promise((r) => setTimeout(r, 1500))]);
       }
       if (href) location.assign(href);
     } else if (event.target.closest("[data-item-toggle-read]")) {
       const read = row.dataset.read !== "true";
       setRead(row, read);
-      (read ? client.markRead([id]) : client.markUnread([id])).catch(() => setRead(row, !read));
+      (read ? readRow(row) : client.markUnread([id])).catch(() => setRead(row, !read));
     } else if (event.target.closest("[data-item-archive]")) {
       const items = openers();
       const index = items.indexOf(row.querySelector("[data-item-open]"));
@@ -409,7 +453,11 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
       renderEmpty();
       (items[index + 1] ?? items[index - 1] ?? panel).focus();
       status.textContent = "Archived.";
-      client.archive([id]).catch(() => load({ reset: true }));
+      const key = row.dataset.groupKey;
+      const request = key
+        ? client.api("/archive", { method: "POST", body: { group_key: key } })
+        : client.archive([id]);
+      request.catch(() => load({ reset: true }));
     }
   });
   on(markAll, "click", () => {
@@ -434,8 +482,12 @@ export function bindFeed(client, { inboxUrl = null, preferencesUrl = null, unsee
       renderUnseen();
     }
     if (loaded && matches(frame)) {
-      insertRow({ ...frame, read: Boolean(frame.read) });
-      renderEmpty();
+      if (frame.group_key) {
+        refreshGroup(frame.group_key).catch(() => {}); // the count stays live
+      } else {
+        insertRow({ ...frame, read: Boolean(frame.read) });
+        renderEmpty();
+      }
     }
   });
   on(client, "read_state", (event) => {
