@@ -353,7 +353,7 @@ def test_cli_refuses_text_that_is_not_unicode(make_user):
     make_user("alice")
     with pytest.raises(CommandError, match="title is not valid Unicode"):
         call_command("notify", "--title", "bad \udcff", "--user", "alice")
-    with pytest.raises(CommandError, match="no permission 'auth.nope'"):
+    with pytest.raises(CommandError, match=r"no permission 'auth\.nope'"):
         call_command("notify", "--title", "x", "--permission", "auth.nope")
     assert Event.objects.count() == 0
 
