@@ -280,7 +280,7 @@ async def test_a_row_that_cannot_be_encoded_is_skipped_live_and_on_replay(connec
     assert (await live.expect("notification"))["id"] == before.id
     poison = await db(_store_poison)()
     if poison is None:
-        pytest.skip("PostgreSQL refuses to store such a row at all (checked in _store_poison)")
+        return  # PostgreSQL refused to store the row at all (asserted in _store_poison)
     after = await db(notify)("everyone", "after")
     await get_hub().poll()  # the poll reads the row the layer never announced
     assert (await live.expect("notification"))["id"] == after.id  # not stuck behind it
