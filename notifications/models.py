@@ -131,6 +131,13 @@ class Event(models.Model):
         related_name="+",
         help_text="Sent to the active users who have this permission.",
     )
+    channel = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Sent to the sockets following this object channel (notifications.channels), "
+        "for example orders.42; not kept in inboxes.",
+    )
     expires_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -152,6 +159,7 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["reach", "id"], name="notifications_event_reach"),
             models.Index(fields=["to_topic", "topic"], name="notifications_event_topic"),
+            models.Index(fields=["channel", "id"], name="notifications_event_channel"),
         ]
 
     def __str__(self) -> str:

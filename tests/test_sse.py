@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 
 import pytest
 
@@ -13,6 +14,8 @@ from .server import ServerProcess
 from .support import session_cookie
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+
+SOCKET_ID = re.compile(r"c[0-9]+\.[0-9a-f]{6}\Z")
 
 
 @pytest.fixture
@@ -50,6 +53,7 @@ def test_signed_in_stream_replays_from_the_cursor_then_goes_live(server, make_us
         assert response.getheader("Content-Type") == "text/event-stream"
         assert response.getheader("X-Accel-Buffering") == "no"
         hello, replayed_event, replayed = frames(response, 3)
+        assert SOCKET_ID.match(hello.pop("socket"))  # the stream is a socket to the hub
         assert hello == {
             "type": "hello",
             "protocol": 1,
@@ -78,8 +82,8 @@ def test_anonymous_stream_says_hello(server):
     connection, response = open_stream(server, Origin=server.origin)
     try:
         assert response.status == 200
-        assert frames(response, 1) == [
-            {"type": "hello", "protocol": 1, "user": None, "unread": None, "cursor": 0}
-        ]
+        (hello,) = frames(response, 1)
+        assert SOCKET_ID.match(hello.pop("socket"))
+        assert hello == {"type": "hello", "protocol": 1, "user": None, "unread": None, "cursor": 0}
     finally:
         connection.close()
