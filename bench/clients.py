@@ -270,7 +270,7 @@ class WSClient(asyncio.Protocol):
                     self.peer.on_hello(payload, now)
                 self.ready.set_result(None)
                 continue
-            if NOTIFICATION not in payload and not payload.startswith(b'{' + PUSH):
+            if NOTIFICATION not in payload and not payload.startswith(b"{" + PUSH):
                 stats.other_frames += 1
                 if self.peer is not None:
                     self.peer.on_frame(payload, now)

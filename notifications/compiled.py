@@ -43,6 +43,8 @@ _sentinel_counter = itertools.count()  # next() on it is atomic (C code, under t
 def _int_sentinel() -> int:
     n = next(_sentinel_counter)
     return _INT_SENTINEL_LOW + (n * 7919) % (_INT_SENTINEL_HIGH - _INT_SENTINEL_LOW)
+
+
 _datetime_base = datetime(1901, 1, 1, tzinfo=UTC)
 
 
