@@ -6,18 +6,27 @@ models, so it is safe in settings and AppConfig code.
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Audience", "anotify", "apush", "channel", "notify", "push"]
+__all__ = [
+    "Audience",
+    "Notification",
+    "anotify",
+    "apush",
+    "channel",
+    "notify",
+    "notify_many",
+    "push",
+]
 
 if TYPE_CHECKING:
     from .audiences import Audience
     from .channels import channel
-    from .services import anotify, apush, notify, push
+    from .services import Notification, anotify, apush, notify, notify_many, push
 
 
 def __getattr__(name: str) -> Any:
     # Lazy re-exports: `from notifications import notify` works without importing models
     # while the app registry is still loading.
-    if name in ("notify", "anotify", "push", "apush"):
+    if name in ("notify", "anotify", "push", "apush", "notify_many", "Notification"):
         from . import services
 
         return getattr(services, name)

@@ -101,3 +101,20 @@ def test_another_users_group_is_not_visible(api, people, make_user):
     )
     assert response.json() == {"unread": 0}
     assert unread_count(bob) == 1
+
+
+def test_notify_many_takes_group_key(api, people):
+    from notifications import Notification, notify_many
+
+    alice, ann, bob, _ = people
+    events = notify_many(
+        [
+            Notification(alice, "a", actor=ann, group_key="batch"),
+            Notification(alice, "b", actor=bob, group_key="batch"),
+        ]
+    )
+    assert [e.group_key for e in events] == ["batch", "batch"]
+    with pytest.raises(ValueError, match="group_key"):
+        notify_many([Notification(alice, "c", group_key=7)])
+    row = api.get(API, {"group": "1"}).json()["items"][0]
+    assert row["group"]["count"] == 2 and row["group"]["actors"] == ["bob", "ann"]

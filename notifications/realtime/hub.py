@@ -514,6 +514,9 @@ class Hub:
         if kind == messages.EVENT:
             async with self._lock:
                 await self._accept([message])
+        elif kind == messages.EVENTS:
+            async with self._lock:
+                await self._accept(message["events"])
         elif kind == messages.PUSH:
             await self._push(message)
         elif kind == messages.UNREAD:

@@ -13,6 +13,7 @@ from typing import Any
 HUB_GROUP = "notifications.hubs"
 
 EVENT = "notifications.event"
+EVENTS = "notifications.events"
 UNREAD = "notifications.unread"
 MEMBERSHIP = "notifications.membership"
 SESSION_ENDED = "notifications.session_ended"
@@ -71,6 +72,11 @@ def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dic
         channel=stored.channel or None,
         expires=stored.expires_at.timestamp() if stored.expires_at is not None else None,
     )
+
+
+def events(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`event` messages in one (notify_many): one layer message per batch."""
+    return {"type": EVENTS, "events": list(batch)}
 
 
 def unread(*, user_id: int, count: int, exclude: str | None) -> dict[str, Any]:

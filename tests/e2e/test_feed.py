@@ -13,11 +13,16 @@ from notifications.models import Subscription, Topic
 from notifications.selectors import unread_count
 
 from .conftest import watch
+from .shots import screenshot_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 DEADLINE_MS = 8_000
-SHOTS = "docs/screenshots"
+
+
+@pytest.fixture
+def shots(tmp_path):
+    return screenshot_dir(tmp_path)
 
 
 def open_page(context, server, errors, path="/"):
@@ -38,7 +43,7 @@ def rows(page):
     return feed(page).locator("[data-feed-list] > li")
 
 
-def test_feed_lists_highlights_and_opens(site_server, signed_in, make_user, page_errors):
+def test_feed_lists_highlights_and_opens(site_server, signed_in, make_user, page_errors, shots):
     alice = make_user("alice")
     old = notify(alice, "Old news")
     notify(alice, "Build failed", body="main is red", url="/notifications/", level="error")
@@ -53,7 +58,7 @@ def test_feed_lists_highlights_and_opens(site_server, signed_in, make_user, page
     # Opening the feed is "seen", not "read": the new-items dot goes, the badge stays.
     expect(page.locator("[data-notifications-unseen]")).to_be_hidden()
     expect(page.locator("[data-notifications-badge]")).to_have_text("2")
-    page.screenshot(path=f"{SHOTS}/feed-open.png")
+    page.screenshot(path=f"{shots}/feed-open.png")
 
     # All tab, then mark one read with its own button; the Unread tab drops it on reload.
     feed(page).locator('[data-feed-tab="all"]').click()
@@ -139,7 +144,11 @@ def test_feed_by_keyboard(site_server, signed_in, make_user, page_errors):
 
 
 def test_toast_below_header_opens_marks_read_and_has_safe_actions(
-    site_server, signed_in, make_user, page_errors
+    site_server,
+    signed_in,
+    make_user,
+    page_errors,
+    shots,
 ):
     alice = make_user("alice")
     page = open_page(signed_in(alice), site_server, page_errors)
@@ -161,7 +170,7 @@ def test_toast_below_header_opens_marks_read_and_has_safe_actions(
     header = page.locator("[data-notifications-header]").bounding_box()
     box = toast.bounding_box()
     assert box["y"] >= header["y"] + header["height"], (box, header)
-    page.screenshot(path=f"{SHOTS}/toast.png")
+    page.screenshot(path=f"{shots}/toast.png")
     actions = toast.locator(".nt-toast__action")
     expect(actions).to_have_count(2)
     expect(actions.nth(0)).to_have_text("Approve")
@@ -242,7 +251,11 @@ def test_inbox_page_rows_follow_a_read_in_the_feed(site_server, signed_in, make_
 
 
 def test_grouped_row_counts_live_and_reads_the_group(
-    site_server, signed_in, make_user, page_errors
+    site_server,
+    signed_in,
+    make_user,
+    page_errors,
+    shots,
 ):
     alice = make_user("alice")
     ann, bob, cy, dee = (make_user(name) for name in ("ann", "bob", "cy", "dee"))
@@ -253,7 +266,7 @@ def test_grouped_row_counts_live_and_reads_the_group(
     expect(rows(page)).to_have_count(1)
     group = rows(page).first.locator("[data-item-group]")
     expect(group).to_have_text("cy and 2 others · 3 notifications, 3 unread")
-    page.screenshot(path=f"{SHOTS}/feed-group.png")
+    page.screenshot(path=f"{shots}/feed-group.png")
 
     notify(alice, "dee commented on your post", actor=dee, group_key="post-7")
     expect(group).to_have_text("dee and 3 others · 4 notifications, 4 unread", timeout=DEADLINE_MS)

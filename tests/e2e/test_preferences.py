@@ -12,11 +12,16 @@ from notifications.models import Topic
 from notifications.selectors import preferences_of, unread_count
 
 from .conftest import watch
+from .shots import screenshot_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 DEADLINE_MS = 8_000
-SHOTS = "docs/screenshots"
+
+
+@pytest.fixture
+def shots(tmp_path):
+    return screenshot_dir(tmp_path)
 
 
 def open_page(context, server, errors, path="/"):
@@ -34,7 +39,11 @@ def toast(page, event):
 
 
 def test_preferences_page_mutes_a_group_topic_in_every_tab(
-    site_server, signed_in, make_user, page_errors
+    site_server,
+    signed_in,
+    make_user,
+    page_errors,
+    shots,
 ):
     alice = make_user("alice")
     ops = Group.objects.create(name="ops")
@@ -46,7 +55,7 @@ def test_preferences_page_mutes_a_group_topic_in_every_tab(
     prefs = open_page(context, site_server, page_errors, "/notifications/preferences/")
     prefs.check("#mute-deploys")
     prefs.uncheck("#toast-info")
-    prefs.screenshot(path=f"{SHOTS}/preferences.png", full_page=True)
+    prefs.screenshot(path=f"{shots}/preferences.png", full_page=True)
     prefs.get_by_role("button", name="Save preferences").click()
     expect(prefs.locator("[role=status]", has_text="saved")).to_be_visible()
     stored = preferences_of(alice)
