@@ -63,6 +63,9 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # Language codes lazy titles and bodies are rendered in (notifications/i18n.py); None:
+    # the codes of settings.LANGUAGES.
+    "LANGUAGES": None,
 }
 
 

@@ -144,6 +144,11 @@ class Event(models.Model):
         help_text="After this, the event is no longer delivered, replayed or counted as unread.",
     )
     recipient_count = models.PositiveIntegerField(default=0)
+    translations = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Title and body in the languages where they differ: {code: {title, body}}.",
+    )
     group_key = models.CharField(
         max_length=200,
         blank=True,
@@ -328,6 +333,11 @@ class Preferences(models.Model):
         related_name="notification_preferences",
     )
     muted_topics = models.ManyToManyField(Topic, blank=True, related_name="+")
+    language = models.CharField(
+        max_length=15,
+        blank=True,
+        help_text="Notifications in this language (empty: the browser's).",
+    )
     toast_levels = models.JSONField(default=all_levels, blank=True)
     desktop_levels = models.JSONField(default=all_levels, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)

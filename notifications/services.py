@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.utils import timezone
 
-from . import signals
+from . import i18n, signals
 from .audiences import Audience, may_read, resolve, users_of, visible_to
 from .conf import notifications_settings
 from .models import (
@@ -193,8 +193,11 @@ def notify(
     within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
     ``expires_at`` the event is no longer delivered, replayed or counted as unread. Events
     with the same ``group_key`` collapse into one row of the feed ("Ann and 2 others").
-    Raises ``ValueError`` for bad arguments; nothing is stored then.
+    ``title`` and ``body`` may be lazy translation strings: each recipient then gets them in
+    their own language (notifications/i18n.py). Raises ``ValueError`` for bad arguments;
+    nothing is stored then.
     """
+    title, body, translations = i18n.render(title, body)
     audience, label, data, url = _checked(
         Notification(
             recipients,
@@ -238,6 +241,7 @@ def notify(
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
             group_key=group_key or "",
+            translations=translations,
         )
         if audience.groups:
             event.groups.set(audience.groups)
@@ -269,9 +273,13 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
     """
     items = list(items)
     checked = []
+    translations: list[dict[str, dict[str, str]]] = []
     for index, item in enumerate(items):
         if not isinstance(item, Notification):
             raise ValueError(f"notifications[{index}] is not a Notification")
+        title, body, texts = i18n.render(item.title, item.body)
+        items[index] = item = replace(item, title=title, body=body)
+        translations.append(texts)
         try:
             checked.append(_checked(item))
         except ValueError as exc:
@@ -311,6 +319,7 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
                 recipient_count=_recipient_count(audience, named),
                 idempotency_key=item.idempotency_key,
                 group_key=item.group_key or "",
+                translations=translations[index],
             )
             new.append((index, event, audience))
             results.append(None)
@@ -750,6 +759,7 @@ def preferences_frame(prefs: Preferences) -> dict[str, Any]:
     """The ``preferences`` frame (and JSON API answer) for stored preferences."""
     return {
         "type": "preferences",
+        "language": prefs.language,
         "muted_topics": sorted(prefs.muted_topics.values_list("slug", flat=True)),
         "toast_levels": [level for level in Level.values if level in prefs.toast_levels],
         "desktop_levels": [level for level in Level.values if level in prefs.desktop_levels],
@@ -771,6 +781,7 @@ def update_preferences(
     muted_topics: Iterable[str] | None = None,
     toast_levels: list[str] | None = None,
     desktop_levels: list[str] | None = None,
+    language: str | None = None,
 ) -> Preferences:
     """Store what is given (None leaves a part as it is) and push ``preferences`` to every
     connection of the user. Only topics the user follows (directly or through a group) or may
@@ -789,6 +800,8 @@ def update_preferences(
         for topic in topics:
             if not may_follow(user, topic):
                 raise ValueError(f"muted_topics: no topic {topic.slug!r}")
+    if language is not None and language != "" and language not in i18n.languages():
+        raise ValueError(f"language: not one of the site's languages: {str(language)[:20]!r}")
     toast = _levels(toast_levels, "toast_levels") if toast_levels is not None else None
     desktop = _levels(desktop_levels, "desktop_levels") if desktop_levels is not None else None
     with transaction.atomic():
@@ -797,6 +810,8 @@ def update_preferences(
             prefs.toast_levels = toast
         if desktop is not None:
             prefs.desktop_levels = desktop
+        if language is not None:
+            prefs.language = language
         prefs.updated_at = timezone.now()
         prefs.save()
         if topics is not None:

@@ -6,7 +6,9 @@ They stay thin: reads come from ``selectors``, writes from ``services``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError, connection
@@ -16,7 +18,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from . import selectors, services
+from . import i18n, selectors, services
+from .api.inbox import language_of
 from .models import Level
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     # socket's replay - inbox.js drops the second copy - instead of in neither.
     cursor = selectors.stream_cursor()
     inbox = selectors.inbox_page(request.user, page=request.GET.get("page", 1))
+    _translate(inbox.page, language_of(request))
     return render(
         request,
         "notifications/inbox.html",
@@ -41,6 +45,14 @@ def inbox(request: HttpRequest) -> HttpResponse:
             "notifications_unread": inbox.unread,
         },
     )
+
+
+def _translate(events: Any, language: str | None) -> None:
+    """Show each event's title and body in ``language`` where it has a translation."""
+    for event in events:
+        text = i18n.pick(event.translations, language)
+        if text:
+            event.title, event.body = text["title"], text["body"]
 
 
 def _redirect_back(request: HttpRequest) -> HttpResponse:
@@ -98,6 +110,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
                 muted_topics=request.POST.getlist("muted_topics"),
                 toast_levels=request.POST.getlist("toast_levels"),
                 desktop_levels=request.POST.getlist("desktop_levels"),
+                language=request.POST.get("language", ""),
             )
         except ValueError as exc:
             errors.append(str(exc))
@@ -114,5 +127,8 @@ def preferences(request: HttpRequest) -> HttpResponse:
             "levels": levels,
             "topics": selectors.followed_topics(request.user),
             "prefs": stored,
+            "languages": [
+                (code, name) for code, name in settings.LANGUAGES if code in i18n.languages()
+            ],
         },
     )

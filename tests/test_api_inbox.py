@@ -227,6 +227,7 @@ def test_preferences_round_trip_and_mute_through_a_group(api, alice, make_user):
     private.groups.add(group)
     secret = Topic.objects.create(name="Secret", slug="secret", is_public=False)
     assert api.get(f"{API}/preferences").json() == {
+        "language": "",
         "muted_topics": [],
         "toast_levels": ["info", "success", "warning", "error"],
         "desktop_levels": ["info", "success", "warning", "error"],
@@ -238,6 +239,7 @@ def test_preferences_round_trip_and_mute_through_a_group(api, alice, make_user):
         content_type="application/json",
     )
     assert response.json() == {
+        "language": "",
         "muted_topics": ["ops"],
         "toast_levels": ["warning", "error"],
         "desktop_levels": ["info", "success", "warning", "error"],

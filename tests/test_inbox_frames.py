@@ -69,6 +69,7 @@ async def test_state_frames_reach_every_extension_socket(connect, amake_user):
     for sock in (tab, other):
         assert await sock.expect("preferences") == {
             "type": "preferences",
+            "language": "",
             "muted_topics": [],
             "toast_levels": ["error"],
             "desktop_levels": ["info", "success", "warning", "error"],

@@ -694,6 +694,7 @@ def test_template_tags_render_for_a_signed_in_user(alice):
     # What the feed and the toasts start from (docs/client.md).
     assert data["unseen"] == 2
     assert data["preferences"] == {
+        "language": "",
         "muted_topics": [],
         "toast_levels": ["info", "success", "warning", "error"],
         "desktop_levels": ["info", "success", "warning", "error"],

@@ -19,7 +19,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
-from .. import selectors, services
+from .. import i18n, selectors, services
 from ..models import Event
 from ..realtime import frames
 
@@ -120,10 +120,16 @@ def _flag(request: HttpRequest, name: str) -> bool:
     return value in ("1", "true")
 
 
-def item(event: Event, *, seen_through: int) -> dict[str, Any]:
+def language_of(request: HttpRequest) -> str | None:
+    """The reader's language: the stored preference, else ``Accept-Language``."""
+    stored = selectors.preferences_of(request.user).language
+    return stored or i18n.socket_language((), request.headers.get("Accept-Language"))
+
+
+def item(event: Event, *, seen_through: int, language: str | None = None) -> dict[str, Any]:
     """A feed row: the ``notification`` frame's fields (no ``type``/``replay``) plus the
-    user's state (``read``, ``seen``, ``archived``)."""
-    row = frames.notification(event, read=bool(event.is_read), replay=False)
+    user's state (``read``, ``seen``, ``archived``), in ``language`` where translated."""
+    row = frames.notification(event, read=bool(event.is_read), replay=False, language=language)
     del row["type"], row["replay"]
     row["seen"] = event.id <= seen_through
     row["archived"] = bool(event.is_archived)
@@ -161,7 +167,10 @@ def inbox(request: HttpRequest) -> JsonResponse:
         group=group,
         group_key=group_key,
     )
-    items = [item(event, seen_through=page.seen_through) for event in page.events]
+    language = language_of(request)
+    items = [
+        item(event, seen_through=page.seen_through, language=language) for event in page.events
+    ]
     if group:
         summaries = selectors.group_summaries(
             request.user,
@@ -256,7 +265,7 @@ def preferences(request: HttpRequest) -> JsonResponse:
         prefs = selectors.preferences_of(request.user)
     else:
         body = _body(request)
-        unknown = sorted(set(body) - {"muted_topics", "toast_levels", "desktop_levels"})
+        unknown = sorted(set(body) - {"muted_topics", "toast_levels", "desktop_levels", "language"})
         if unknown:
             raise BadRequest(f"unknown field {unknown[0]!r}", unknown[0])
         prefs = services.update_preferences(
@@ -264,6 +273,7 @@ def preferences(request: HttpRequest) -> JsonResponse:
             muted_topics=body.get("muted_topics"),
             toast_levels=body.get("toast_levels"),
             desktop_levels=body.get("desktop_levels"),
+            language=body.get("language"),
         )
     frame = services.preferences_frame(prefs)
     del frame["type"]

@@ -18,6 +18,15 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name="event",
+            name="translations",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="Title and body in the languages where they differ: {code: {title, body}}.",
+            ),
+        ),
+        migrations.AddField(
+            model_name="event",
             name="group_key",
             field=models.CharField(
                 blank=True,
@@ -55,6 +64,14 @@ class Migration(migrations.Migration):
                         related_name="notification_preferences",
                         serialize=False,
                         to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "language",
+                    models.CharField(
+                        blank=True,
+                        help_text="Notifications in this language (empty: the browser's).",
+                        max_length=15,
                     ),
                 ),
                 (

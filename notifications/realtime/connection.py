@@ -46,6 +46,7 @@ class Connection:
         "ip",
         "is_staff",
         "is_superuser",
+        "language",
         "last_sent",
         "max_buffered",
         "paused",
@@ -82,6 +83,8 @@ class Connection:
         # Protocol extensions the client asked for (``?ext=inbox``): frames beyond v1 that
         # only such clients get, so a strict v1 client never sees an unknown type.
         self.extensions: frozenset[str] = frozenset()
+        # The language of its notification frames (notifications/i18n.py); None: default.
+        self.language: str | None = None
         self.anon_topics: set[int] = set()
         # Object channels (notifications.channels) this socket was authorised to follow.
         self.channels: set[str] = set()

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .. import i18n
 from ..models import Event
 
 PROTOCOL_VERSION = 1
@@ -37,12 +38,17 @@ def encode(frame: dict[str, Any]) -> str:
     return text
 
 
-def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
+def notification(
+    event: Event, *, read: bool, replay: bool, language: str | None = None
+) -> dict[str, Any]:
+    """The ``notification`` frame of a stored event, in ``language`` when it has a
+    translation there (notifications/i18n.py)."""
+    text = i18n.pick(event.translations, language) if event.translations else None
     return {
         "type": "notification",
         "id": event.id,
-        "title": event.title,
-        "body": event.body,
+        "title": text["title"] if text else event.title,
+        "body": text["body"] if text else event.body,
         "url": event.url,
         "level": event.level,
         "topic": event.topic.slug if event.topic_id else None,

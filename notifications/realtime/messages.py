@@ -61,7 +61,7 @@ def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dic
     the hub's database reads): its live frame encoded once, and its audience."""
     from . import frames
 
-    return event(
+    message = event(
         event_id=stored.id,
         frame=frames.encode(frames.notification(stored, read=False, replay=False)),
         reach=stored.reach,
@@ -72,6 +72,15 @@ def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dic
         channel=stored.channel or None,
         expires=stored.expires_at.timestamp() if stored.expires_at is not None else None,
     )
+    if stored.translations:
+        # One encode per language the text differs in (notifications/i18n.py).
+        message["translated"] = {
+            code: frames.encode(
+                frames.notification(stored, read=False, replay=False, language=code)
+            )
+            for code in stored.translations
+        }
+    return message
 
 
 def events(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

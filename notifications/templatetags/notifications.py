@@ -55,6 +55,7 @@ def _page_state(context: template.Context) -> dict[str, Any]:
         state.update(
             unseen=unseen_count(user),
             preferences=prefs,
+            language=prefs["language"] or None,
             preferences_url=reverse("notifications:preferences"),
             csrf=get_token(request) if request is not None else None,
         )
@@ -77,7 +78,7 @@ def notifications_client(context: template.Context) -> dict[str, Any]:
             "sse": reverse("notifications:stream"),
             **{
                 key: state[key]
-                for key in ("unseen", "preferences", "preferences_url", "csrf")
+                for key in ("unseen", "preferences", "preferences_url", "csrf", "language")
                 if key in state
             },
         }

@@ -104,3 +104,23 @@ def test_feed_panel_edits_preferences(site_server, signed_in, make_user, page_er
     expect(toast(second, other)).to_be_visible(timeout=DEADLINE_MS)
     assert toast(second, event).count() == 0
     assert page_errors == []
+
+
+def test_toast_in_the_preferred_language(site_server, signed_in, make_user, page_errors):
+    from django.utils.text import format_lazy
+    from django.utils.translation import gettext_lazy
+
+    from notifications import services
+
+    alice = make_user("alice")
+    services.update_preferences(alice, language="de")
+    page = open_page(signed_in(alice), site_server, page_errors)
+    event = notify(alice, format_lazy("{}: {}", gettext_lazy("Yes"), "Ann"))
+    expect(toast(page, event).locator(".nt-toast__title")).to_have_text(
+        "Ja: Ann", timeout=DEADLINE_MS
+    )
+    page.locator("[data-notifications-bell]").click()
+    expect(page.locator(f'[data-notifications-feed] [data-event-id="{event.id}"]')).to_contain_text(
+        "Ja: Ann"
+    )
+    assert page_errors == []

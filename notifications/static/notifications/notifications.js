@@ -133,6 +133,7 @@ export class NotificationClient extends EventTarget {
   #sse = null;
   #sseUrl;
   #extensions;
+  #language;
   #api;
   #csrf;
 
@@ -159,6 +160,7 @@ export class NotificationClient extends EventTarget {
     this.#api = options.api || "/api/v1/inbox";
     this.#csrf = options.csrf ?? null;
     this.#extensions = Array.isArray(options.extensions) ? options.extensions : ["inbox"];
+    this.#language = typeof options.language === "string" ? options.language : null;
     this.#options = { ...DEFAULTS, noFallback: options.fallback === false };
     for (const key of Object.keys(DEFAULTS)) {
       if (Number.isFinite(options[key]) && options[key] >= 0) this.#options[key] = options[key];
@@ -201,7 +203,7 @@ export class NotificationClient extends EventTarget {
 
   /** The options this client was made with that a relay needs to open the same connection. */
   get connectionOptions() {
-    return { url: this.#url, sseUrl: this.#sseUrl, extensions: this.#extensions };
+    return { url: this.#url, sseUrl: this.#sseUrl, extensions: this.#extensions, language: this.#language };
   }
 
   /** True between `hello` and `replayed` of a connection that resumed from a cursor. */
@@ -400,6 +402,9 @@ export class NotificationClient extends EventTarget {
     if (this.#user === null) for (const topic of this.#topics) url.searchParams.append("topic", topic);
     url.searchParams.delete("ext");
     for (const name of this.#extensions) url.searchParams.append("ext", name);
+    // The user's language preference; without it the server reads Accept-Language.
+    if (this.#language) url.searchParams.set("lang", this.#language);
+    else url.searchParams.delete("lang");
   }
 
   /** The fallback: the same frames as `data:` lines of an EventSource (docs/client.md). */
@@ -1156,6 +1161,7 @@ export function autostart(overrides = {}) {
     url: config.url || undefined,
     sseUrl: config.sse || undefined,
     csrf: config.csrf ?? null,
+    language: config.language ?? null,
     ...(window.notificationsOptions ?? {}),
   };
   const client = new NotificationClient({
