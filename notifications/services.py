@@ -66,6 +66,12 @@ def _on_commit(message: dict[str, Any]) -> None:
     transaction.on_commit(partial(publish_raw, message), robust=True)
 
 
+def validate_url(url: str) -> str:
+    """Return ``url`` if a notification may link to it (relative or http(s), at most 500
+    characters); raise ``ValueError`` otherwise."""
+    return _validate_url(url)
+
+
 def _validate_url(url: str) -> str:
     if not isinstance(url, str):
         raise ValueError("url must be a string")
@@ -177,6 +183,7 @@ def notify(
             previous = Event.objects.filter(idempotency_key=idempotency_key).first()
             window = timedelta(seconds=notifications_settings.IDEMPOTENCY_WINDOW)
             if previous is not None and previous.created_at >= timezone.now() - window:
+                previous.repeated = True  # the HTTP API answers 200 instead of 201
                 return previous
             if previous is not None:  # expired: the key may be used again
                 Event.objects.filter(pk=previous.pk).update(idempotency_key=None)
@@ -195,6 +202,7 @@ def notify(
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
         )
+        event.repeated = False
         if audience.groups:
             event.groups.set(audience.groups)
         if audience.users:
