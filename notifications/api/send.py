@@ -32,6 +32,7 @@ from ..realtime.frames import SLUG_RE
 from . import strict, tokens
 
 MAX_BATCH = 100
+MAX_NAMES = 10_000  # per audience list: one SQL IN-list, within SQLite's and psycopg's limits
 MAX_KEY_LENGTH = 150  # stored as "api:<token id>:<key>" in Event.idempotency_key (200)
 ITEM_FIELDS = frozenset({"audience", "title", "body", "url", "level", "data", "idempotency_key"})
 AUDIENCE_LISTS = ("users", "groups")
@@ -141,9 +142,17 @@ def _string(value: Any, name: str, *, max_length: int | None = None) -> str:
     return value
 
 
+def _optional_string(item: dict[str, Any], name: str) -> str:
+    """A string field that may be missing or null (meaning empty)."""
+    value = item.get(name)
+    return "" if value is None else _string(value, name)
+
+
 def _names(value: Any, name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise bad("invalid", f"{name} must be a list of strings", name)
+    if len(value) > MAX_NAMES:
+        raise bad("invalid", f"{name} may hold at most {MAX_NAMES} names", name)
     return list(dict.fromkeys(value))
 
 
@@ -250,8 +259,8 @@ def _draft(item: Any, token: ApiToken) -> Draft:
     title = _string(item["title"], "title", max_length=TITLE_MAX_LENGTH)
     if not title.strip():
         raise bad("invalid", "title must not be blank", "title")
-    body = _string(item.get("body") or "", "body")
-    url = _string(item.get("url") or "", "url")
+    body = _optional_string(item, "body")
+    url = _optional_string(item, "url")
     try:
         services.validate_url(url)
     except ValueError as exc:
