@@ -103,7 +103,7 @@ def _check_rate(token: ApiToken) -> None:
         raise ApiError(
             429,
             "rate_limited",
-            f"more than {decision.limit} requests a minute with this token",
+            f"over this token's limit of {decision.limit} a minute",
             Retry_After=str(decision.retry_after),
         )
 
