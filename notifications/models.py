@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -139,12 +141,24 @@ class Event(models.Model):
     recipient_count = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # What the notification is about (notify(..., target=obj)), like django-notifications-hq's
+    # target: any model instance. Not a foreign key, so deleting the object leaves the event;
+    # notifications/targets.py clears the reference when the site asks it to.
+    target_content_type = models.ForeignKey(
+        ContentType, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    target_object_id = models.CharField(max_length=255, blank=True, default="")
+    target = GenericForeignKey("target_content_type", "target_object_id")
 
     class Meta:
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["reach", "id"], name="notifications_event_reach"),
             models.Index(fields=["to_topic", "topic"], name="notifications_event_topic"),
+            models.Index(
+                fields=["target_content_type", "target_object_id"],
+                name="notifications_event_target",
+            ),
         ]
 
     def __str__(self) -> str:

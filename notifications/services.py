@@ -20,6 +20,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from . import signals
@@ -41,6 +42,7 @@ from .models import (
 from .realtime import frames, messages
 from .realtime.publish import publish_raw
 from .selectors import stream_cursor, unread_count
+from .targets import target_reference
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ def notify(
     actor: AbstractBaseUser | None = None,
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
+    target: Model | None = None,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
 
@@ -165,6 +168,7 @@ def notify(
     data = _validate(title, body, level, data)
     url = _validate_url(url)
     label = _label_topic(topic, audience)
+    target_type, target_id = target_reference(target) if target is not None else (None, "")
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
     ):
@@ -201,6 +205,8 @@ def notify(
             expires_at=expires_at,
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
+            target_content_type=target_type,
+            target_object_id=target_id,
         )
         event.repeated = False
         if audience.groups:
