@@ -132,11 +132,15 @@ def test_audience_parts_are_united(raw, make_user):
 
 
 def test_permission_audience(raw, make_user):
+    granted = make_user("granted")
+    granted.user_permissions.add(Permission.objects.get(codename="send_broadcast"))
+    make_user("plain")
     response = post(raw, with_(audience={"permission": "notifications.send_broadcast"}))
     assert response.status_code == 201, response.content
     event = Event.objects.get()
     assert event.permission == Permission.objects.get(codename="send_broadcast")
     assert (event.reach, event.to_topic, event.groups.count()) == (Reach.TARGETED, False, 0)
+    assert response.json() == {"id": event.id, "recipients": 1}
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from notifications.api import tokens
 from notifications.models import Topic
 
 from .server import ROOT, ServerProcess, child_env
+from .support import require_service
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.server]
 
@@ -119,6 +121,12 @@ def site():
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_runnable_examples(path, site):
+    if any(block.kind == "sh" and "curl" in block.code for block in runnable_blocks(path)):
+        require_service(
+            "curl",
+            shutil.which("curl") is not None,
+            "curl is missing (the HTTP examples run it): apt-get install curl",
+        )
     with ServerProcess() as server:
         namespace = {**site, "BASE": server.origin, "__name__": "docs_example"}
         env = child_env(
