@@ -6,20 +6,25 @@ models, so it is safe in settings and AppConfig code.
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Audience", "anotify", "notify"]
+__all__ = ["Audience", "anotify", "apush", "channel", "notify", "push"]
 
 if TYPE_CHECKING:
     from .audiences import Audience
-    from .services import anotify, notify
+    from .channels import channel
+    from .services import anotify, apush, notify, push
 
 
 def __getattr__(name: str) -> Any:
     # Lazy re-exports: `from notifications import notify` works without importing models
     # while the app registry is still loading.
-    if name in ("notify", "anotify"):
+    if name in ("notify", "anotify", "push", "apush"):
         from . import services
 
         return getattr(services, name)
+    if name == "channel":
+        from .channels import channel
+
+        return channel
     if name == "Audience":
         from .audiences import Audience
 

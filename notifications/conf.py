@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.
     "IDEMPOTENCY_WINDOW": 24 * 3600,
+    # Largest encoded `push` frame (services.push) in bytes: transient frames go to every
+    # matching socket at once and are not stored, so they stay small.
+    "MAX_PUSH_BYTES": 16 * 1024,
     # Users per group_send message before the hub looks recipients up in the database.
     "MAX_INLINE_RECIPIENTS": 1000,
     # Write pre-built frames straight to the server's transport (daphne, uvicorn) instead of

@@ -133,6 +133,13 @@ class Event(models.Model):
         related_name="+",
         help_text="Sent to the active users who have this permission.",
     )
+    channel = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Sent to the sockets following this object channel (notifications.channels), "
+        "for example orders.42; not kept in inboxes.",
+    )
     expires_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -159,6 +166,7 @@ class Event(models.Model):
                 fields=["target_content_type", "target_object_id"],
                 name="notifications_event_target",
             ),
+            models.Index(fields=["channel", "id"], name="notifications_event_channel"),
         ]
 
     def __str__(self) -> str:

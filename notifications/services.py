@@ -8,6 +8,7 @@ every place that sends.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import partial
@@ -202,6 +203,7 @@ def notify(
             reach=audience.reach,
             to_topic=audience.topic is not None,
             permission_id=audience.permission,
+            channel=audience.channel or "",
             expires_at=expires_at,
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
@@ -226,6 +228,62 @@ def notify(
 async def anotify(recipients: Any, title: str, **kwargs: Any) -> Event:
     """:func:`notify` for async code; the same arguments, guarantees and errors."""
     return await sync_to_async(notify)(recipients, title, **kwargs)
+
+
+PUSH_EVENT_RE = re.compile(r"[-a-zA-Z0-9_.:]{1,100}\Z")
+
+
+def push(
+    recipients: Any,
+    event: str,
+    data: dict[str, Any] | None = None,
+    *,
+    exclude: str | None = None,
+) -> None:
+    """Send a transient ``push`` frame (``{"type": "push", "event": ..., "data": ...}``) to the
+    sockets of ``recipients`` that are open now: progress, live counters, "someone is editing".
+
+    Nothing is stored, replayed or counted as unread. The audience is resolved as
+    :func:`notify`'s (the same rule), the frame encoded once and fanned out by every hub.
+    ``exclude`` is a socket id (``hello.socket``) to leave out: the sender's own tab. Sent when
+    the current transaction commits (at once outside one). ``ValueError`` for bad arguments.
+    """
+    audience = resolve(recipients)
+    if not isinstance(event, str) or not PUSH_EVENT_RE.match(event):
+        raise ValueError("event must be 1 to 100 characters of letters, digits, - _ . :")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError("data must be a dict")
+    check_json(data, "data")
+    if exclude is not None:
+        check_text(exclude, "exclude")
+    if audience.users:
+        _check_users_exist(audience.users)
+    if audience.groups:
+        _check_groups_exist(audience.groups)
+    frame = frames.encode({"type": "push", "event": event, "data": data})
+    if len(frame) > notifications_settings.MAX_PUSH_BYTES:
+        raise ValueError(f"the push frame is over {notifications_settings.MAX_PUSH_BYTES} bytes")
+    _on_commit(
+        messages.push(
+            frame=frame,
+            reach=audience.reach,
+            users=audience.users,
+            groups=audience.groups,
+            topic_id=audience.topic.pk if audience.topic is not None else None,
+            permission_id=audience.permission,
+            channel=audience.channel,
+            exclude=exclude,
+        )
+    )
+
+
+async def apush(
+    recipients: Any, event: str, data: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    """:func:`push` for async code."""
+    await sync_to_async(push)(recipients, event, data, **kwargs)
 
 
 def _publish_unread(user: AbstractBaseUser, count: int, *, exclude: str | None) -> None:

@@ -105,6 +105,15 @@ class ClientFrame:
             raise FrameError("bad_request", f"'{key}' must be a topic slug", self.ref)
         return value
 
+    def topic_or_channel(self, key: str = "topic") -> str:
+        """A topic slug, or an object channel name (notifications.channels: it has a dot)."""
+        from .. import channels
+
+        value = self.body.get(key)
+        if isinstance(value, str) and "." in value and channels.is_channel_name(value):
+            return value
+        return self.slug(key)
+
     def ids(self, key: str = "ids") -> list[int]:
         value = self.body.get(key)
         if (
