@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # HTTP API (docs/api.md): requests per minute per token when the token sets no rate.
+    "API_RATE": 600,
+    # HTTP API: largest request body in bytes (a batch of 100 included); bigger gets 400.
+    "API_MAX_BODY_BYTES": 512 * 1024,
 }
 
 

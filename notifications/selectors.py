@@ -263,3 +263,18 @@ def users_in_groups(group_ids: Iterable[int]) -> list[int]:
         return []
     users = get_user_model()._default_manager.filter(groups__in=ids)
     return list(users.values_list("pk", flat=True).distinct())
+
+
+def notifications_about(
+    obj: object, *, user: AbstractBaseUser | AnonymousUser | None = None
+) -> QuerySet[Event]:
+    """Events sent with ``notify(..., target=obj)``, newest first; with ``user``, only those
+    that user may see (the same rule as the inbox). ``ValueError`` unless ``obj`` is a saved
+    model instance."""
+    from .targets import target_reference
+
+    content_type, pk = target_reference(obj)
+    events = Event.objects.filter(target_content_type=content_type, target_object_id=pk)
+    if user is not None:
+        events = events.filter(visible_to(user))
+    return events.order_by("-id")
