@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Seconds the hub waits for a missing lower id to arrive before asking the database.
     "GAP_WAIT": 0.05,
+    # Threads (each with its own database connection) for the reads of WebSocket handshakes,
+    # so that a burst of signed-in handshakes waits for the database in parallel
+    # (realtime/dbthreads.py).
+    "HANDSHAKE_THREADS": 4,
     # Seconds between checks that connected users' sessions still exist and users are active.
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.
@@ -63,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # HTTP API (docs/api.md): requests per minute per token when the token sets no rate.
+    "API_RATE": 600,
+    # HTTP API: largest request body in bytes (a batch of 100 included); bigger gets 400.
+    "API_MAX_BODY_BYTES": 512 * 1024,
     # Language codes lazy titles and bodies are rendered in (notifications/i18n.py); None:
     # the codes of settings.LANGUAGES.
     "LANGUAGES": None,

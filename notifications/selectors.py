@@ -437,3 +437,18 @@ def followed_topics(user: AnyUser) -> list:
     if not user.is_authenticated:
         return []
     return list(Topic.objects.filter(pk__in=membership_of(user).topic_ids).order_by("name"))
+
+
+def notifications_about(
+    obj: object, *, user: AbstractBaseUser | AnonymousUser | None = None
+) -> QuerySet[Event]:
+    """Events sent with ``notify(..., target=obj)``, newest first; with ``user``, only those
+    that user may see (the same rule as the inbox). ``ValueError`` unless ``obj`` is a saved
+    model instance."""
+    from .targets import target_reference
+
+    content_type, pk = target_reference(obj)
+    events = Event.objects.filter(target_content_type=content_type, target_object_id=pk)
+    if user is not None:
+        events = events.filter(visible_to(user))
+    return events.order_by("-id")

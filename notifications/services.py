@@ -21,6 +21,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from . import i18n, signals
@@ -45,6 +46,7 @@ from .models import (
 from .realtime import frames, messages
 from .realtime.publish import publish_raw
 from .selectors import stream_cursor, unread_count
+from .targets import target_reference
 from .validation import check_json, check_text
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,12 @@ def _lock_stream() -> None:
 
 def _on_commit(message: dict[str, Any]) -> None:
     transaction.on_commit(partial(publish_raw, message), robust=True)
+
+
+def validate_url(url: str) -> str:
+    """Return ``url`` if a notification may link to it (relative or http(s), at most 500
+    characters); raise ``ValueError`` otherwise."""
+    return _validate_url(url)
 
 
 def _validate_url(url: str) -> str:
@@ -144,6 +152,7 @@ class Notification:
     idempotency_key: str | None = None
     expires_at: datetime | None = None
     group_key: str | None = None
+    target: Model | None = None
 
 
 def _checked(item: Notification) -> tuple[Audience, Topic | None, dict[str, Any], str]:
@@ -184,6 +193,7 @@ def notify(
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
     group_key: str | None = None,
+    target: Model | None = None,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
 
@@ -191,11 +201,13 @@ def notify(
     ``"everyone"`` (anonymous visitors included) or an :class:`~notifications.Audience`.
     Returns the stored event (``id``, ``recipient_count``). The same ``idempotency_key``
     within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
-    ``expires_at`` the event is no longer delivered, replayed or counted as unread. Events
-    with the same ``group_key`` collapse into one row of the feed ("Ann and 2 others").
-    ``title`` and ``body`` may be lazy translation strings: each recipient then gets them in
-    their own language (notifications/i18n.py). Raises ``ValueError`` for bad arguments;
-    nothing is stored then.
+    ``expires_at`` the event is no longer delivered, replayed or counted as unread.
+    ``target``: a saved model instance the notification is about (``event.target``,
+    ``selectors.notifications_about(obj)``, ``target`` in the frame). Events with the same
+    ``group_key`` collapse into one row of the feed ("Ann and 2 others"). ``title`` and
+    ``body`` may be lazy translation strings: each recipient then gets them in their own
+    language (notifications/i18n.py). Raises ``ValueError`` for bad arguments; nothing is
+    stored then.
     """
     title, body, translations = i18n.render(title, body)
     audience, label, data, url = _checked(
@@ -212,6 +224,7 @@ def notify(
             group_key=group_key,
         )
     )
+    target_type, target_id = target_reference(target) if target is not None else (None, "")
     active_named = _check_users_exist(audience.users) if audience.users else 0
     if audience.groups:
         _check_groups_exist(audience.groups)
@@ -222,6 +235,7 @@ def notify(
             previous = Event.objects.filter(idempotency_key=idempotency_key).first()
             window = timedelta(seconds=notifications_settings.IDEMPOTENCY_WINDOW)
             if previous is not None and previous.created_at >= timezone.now() - window:
+                previous.repeated = True  # the HTTP API answers 200 instead of 201
                 return previous
             if previous is not None:  # expired: the key may be used again
                 Event.objects.filter(pk=previous.pk).update(idempotency_key=None)
@@ -242,7 +256,10 @@ def notify(
             idempotency_key=idempotency_key,
             group_key=group_key or "",
             translations=translations,
+            target_content_type=target_type,
+            target_object_id=target_id,
         )
+        event.repeated = False
         if audience.groups:
             event.groups.set(audience.groups)
         if audience.users:
@@ -300,9 +317,14 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
             zip(items, checked, strict=True)
         ):
             if item.idempotency_key in previous:
-                results.append(previous[item.idempotency_key])
+                event = previous[item.idempotency_key]
+                event.repeated = True
+                results.append(event)
                 continue
             named = sum(1 for uid in audience.users if active[uid])
+            target_type, target_id = (
+                target_reference(item.target) if item.target is not None else (None, "")
+            )
             event = Event(
                 title=item.title,
                 body=item.body,
@@ -320,7 +342,10 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
                 idempotency_key=item.idempotency_key,
                 group_key=item.group_key or "",
                 translations=translations[index],
+                target_content_type=target_type,
+                target_object_id=target_id,
             )
+            event.repeated = False
             new.append((index, event, audience))
             results.append(None)
         Event.objects.bulk_create([event for _, event, _ in new], batch_size=1000)

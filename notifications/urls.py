@@ -1,6 +1,7 @@
 from django.urls import include, path
 
 from . import views
+from .api import send
 from .realtime import sse
 
 app_name = "notifications"
@@ -13,4 +14,11 @@ urlpatterns = [
     path("sse/notifications/", sse.stream, name="stream"),
     path("healthz", views.healthz, name="healthz"),
     path("", include("notifications.api.inbox_urls")),
+]
+
+# The sending API for other services (notifications/api/send.py, docs/api.md).
+urlpatterns += [
+    path("api/v1/notifications", send.send_notification, name="api_send"),
+    path("api/v1/notifications/batch", send.send_batch, name="api_send_batch"),
+    path("api/v1/openapi.json", send.openapi, name="api_openapi"),
 ]

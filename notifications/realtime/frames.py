@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
+
 from .. import i18n
 from ..models import Event
 
@@ -44,7 +46,7 @@ def notification(
     """The ``notification`` frame of a stored event, in ``language`` when it has a
     translation there (notifications/i18n.py)."""
     text = i18n.pick(event.translations, language) if event.translations else None
-    return {
+    frame = {
         "type": "notification",
         "id": event.id,
         "title": text["title"] if text else event.title,
@@ -60,6 +62,13 @@ def notification(
         # who acted; other frames stay exactly as version 1 has them.
         **(_grouping(event) if event.group_key else {}),
     }
+    if event.target_content_type_id is not None:
+        # Extension (docs/protocol.md): what the notification is about. get_for_id is cached
+        # per process, so replays pay no query for it.
+        target_type = ContentType.objects.get_for_id(event.target_content_type_id)
+        label = f"{target_type.app_label}.{target_type.model}"
+        frame["target"] = {"type": label, "id": event.target_object_id}
+    return frame
 
 
 def _grouping(event: Event) -> dict[str, Any]:
