@@ -60,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # Client networks (CIDR) that may read GET /metrics; [] closes it to all but the token.
+    "METRICS_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"],
+    # A bearer token that opens GET /metrics to any client that sends it; None: no token.
+    "METRICS_TOKEN": None,
 }
 
 

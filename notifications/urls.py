@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import metrics, views
 
 app_name = "notifications"
 
@@ -9,4 +9,5 @@ urlpatterns = [
     path("notifications/<int:event_id>/read/", views.mark_read, name="mark_read"),
     path("notifications/read-all/", views.mark_all_read, name="mark_all_read"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]

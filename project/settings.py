@@ -163,6 +163,8 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = os.environ.get("DJANGO_SECURE_SSL_REDIRECT", "1") == "1"
+    # Scrapes and probes reach each process over plain HTTP on its own address.
+    SECURE_REDIRECT_EXEMPT = [r"^metrics$", r"^healthz$", r"^readyz$"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
@@ -190,6 +192,14 @@ for _key in (
 ):
     if os.environ.get(f"NOTIFICATIONS_{_key}"):
         NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])
+# GET /metrics: client networks (comma separated CIDR; "none" for none) and a bearer token.
+if "NOTIFICATIONS_METRICS_ALLOWED_NETWORKS" in os.environ:
+    _networks = os.environ["NOTIFICATIONS_METRICS_ALLOWED_NETWORKS"]
+    NOTIFICATIONS["METRICS_ALLOWED_NETWORKS"] = (
+        [] if _networks.strip() == "none" else _env_list("NOTIFICATIONS_METRICS_ALLOWED_NETWORKS")
+    )
+if os.environ.get("NOTIFICATIONS_METRICS_TOKEN"):
+    NOTIFICATIONS["METRICS_TOKEN"] = os.environ["NOTIFICATIONS_METRICS_TOKEN"]
 
 LOGGING = {
     "version": 1,

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from .. import selectors, services
+from .. import metrics, selectors, services
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from . import frames
@@ -144,9 +144,10 @@ class NotificationConsumer:
 
     # Handshake -------------------------------------------------------------------------------
 
-    async def reject(self, reason: str, **context: Any) -> bool:
+    async def reject(self, reason: str, *, result: str = "limit", **context: Any) -> bool:
         details = " ".join(f"{key}={value}" for key, value in context.items())
         logger.warning("ws.reject reason=%r %s", reason, details)
+        metrics.handshake(result)
         await self.send({"type": "websocket.close"})  # before accept: HTTP 403
         return False
 
@@ -157,7 +158,9 @@ class NotificationConsumer:
         cursor, cursor_error = _query_cursor(query)
         slugs = query.get("topic", [])
         if len(slugs) > MAX_QUERY_TOPICS:
-            return await self.reject(f"more than {MAX_QUERY_TOPICS} topics", client=ip)
+            return await self.reject(
+                f"more than {MAX_QUERY_TOPICS} topics", result="bad_request", client=ip
+            )
         session_key = session_key_from(header(scope, b"cookie"))
         self.hub = hub = get_hub()
         try:
@@ -170,7 +173,7 @@ class NotificationConsumer:
                 user, membership, topics, topic_errors = AnonymousUser(), Membership(None), [], []
         except Exception:
             logger.exception("handshake failed (database unavailable?)")
-            return await self.reject("server error", client=ip)
+            return await self.reject("server error", result="error", client=ip)
         self.user = user
         refusal = hub.admit(membership.user_id, ip)
         if refusal:
@@ -191,6 +194,7 @@ class NotificationConsumer:
             frames.SUBPROTOCOL if frames.SUBPROTOCOL in scope.get("subprotocols", []) else None
         )
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
+        metrics.handshake("accepted")
         conn.writer.forget_handshake()
         # DEBUG: one line per socket was ~10 % of an anonymous handshake's cost (py-spy), and
         # a restart brings every client back at once. Rejections stay at WARNING.
@@ -403,6 +407,7 @@ class NotificationConsumer:
             await self.send({"type": "websocket.send", "text": text})
             self.conn.last_sent = event_id
         self.conn.position = max(self.conn.position, self.conn.last_sent)
+        metrics.REPLAYED.inc(min(len(texts), limit))
         return min(len(texts), limit), complete
 
     async def _replay(self, *, after: int, upto: int, ref: str | int | None) -> None:

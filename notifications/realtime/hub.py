@@ -30,7 +30,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
-from .. import selectors
+from .. import metrics, selectors
 from ..audiences import Membership, membership_of
 from ..compiled import CompiledQuery
 from ..conf import notifications_settings
@@ -62,14 +62,18 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
     ).values_list("event_id", "user_id"):
         recipients[event_id].append(user_id)
     return [
-        messages.event(
-            event_id=event.id,
-            frame=frames.encode(frames.notification(event, read=False, replay=False)),
-            reach=event.reach,
-            users=recipients.get(event.id, []),
-            groups=[group.pk for group in event.groups.all()],
-            topic_id=event.topic_id if event.to_topic else None,
-        )
+        {
+            **messages.event(
+                event_id=event.id,
+                frame=frames.encode(frames.notification(event, read=False, replay=False)),
+                reach=event.reach,
+                users=recipients.get(event.id, []),
+                groups=[group.pk for group in event.groups.all()],
+                topic_id=event.topic_id if event.to_topic else None,
+            ),
+            # No publish brought it: the row's creation stands in for its commit (metrics).
+            "committed_at": event.created_at.timestamp(),
+        }
         for event in events
     ]
 
@@ -535,13 +539,15 @@ class Hub:
         event_id, frame = message["id"], Frame(message["frame"])
         if message["reach"] == Reach.EVERYONE:
             self.newest_public = event_id
-        for conn in self._targets(message, users):
+        targets = self._targets(message, users)
+        for conn in targets:
             try:
                 # The hot path writes at once; only a paused or ASGI-only socket is awaited.
                 if not conn.offer(event_id, frame):
                     await conn.deliver(event_id, frame)
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
+        metrics.fanned_out(len(targets), message.get("committed_at"))  # once per event
 
     # Control messages -------------------------------------------------------------------------
 

@@ -8,13 +8,15 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from .. import metrics
 from ..conf import notifications_settings
-from .messages import HUB_GROUP
+from .messages import EVENT, HUB_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ async def _group_send(layer: Any, message: dict[str, Any]) -> None:
     try:
         await asyncio.wait_for(layer.group_send(HUB_GROUP, message), PUBLISH_TIMEOUT)
     except Exception:
+        metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
 
 
@@ -104,7 +107,12 @@ def publish_raw(message: dict[str, Any]) -> None:
     layer = get_channel_layer(notifications_settings.CHANNEL_LAYER)
     if layer is None:
         return
+    if message["type"] == EVENT:
+        # The commit time (this runs on commit), for the hubs' delivery latency histogram.
+        message = {**message, "committed_at": time.time()}
+        metrics.EVENTS_PUBLISHED.inc()
     try:
         _send(layer, message)
     except Exception:
+        metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
