@@ -64,6 +64,12 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"],
     # A bearer token that opens GET /metrics to any client that sends it; None: no token.
     "METRICS_TOKEN": None,
+    # Seconds /healthz waits for a channel-layer round trip (non in-memory layers).
+    "HEALTH_TIMEOUT": 1.0,
+    # Seconds a SIGTERM drain answers /readyz with 503 before it closes the sockets.
+    "DRAIN_GRACE": 0.0,
+    # Seconds a SIGTERM drain waits for closed sockets to finish before the server stops.
+    "DRAIN_TIMEOUT": 5.0,
 }
 
 

@@ -189,6 +189,9 @@ for _key in (
     "REQUEST_HEAD_TIMEOUT",
     "GC_FREEZE_INTERVAL",
     "GC_FULL_COLLECT_INTERVAL",
+    "HEALTH_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "DRAIN_GRACE",
 ):
     if os.environ.get(f"NOTIFICATIONS_{_key}"):
         NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])

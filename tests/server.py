@@ -102,6 +102,12 @@ class ServerProcess:
                 "--http", "notifications.realtime.uvicorn_http:HttpToolsProtocol",
                 "--log-level", "warning",
             ]  # fmt: skip
+        elif self.server == "runserver":
+            # Daphne's runserver; without the autoreloader it runs in the main thread.
+            command = [
+                sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks",
+                f"127.0.0.1:{self.port}",
+            ]  # fmt: skip
         else:
             command = [
                 sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),

@@ -26,7 +26,7 @@ from django.contrib.auth.models import AnonymousUser
 from .. import metrics, selectors, services
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
-from . import frames
+from . import drain, frames
 from .auth import authenticate, session_key_from
 from .connection import Connection
 from .frames import ClientFrame, FrameError
@@ -114,6 +114,7 @@ class NotificationConsumer:
 
     async def run(self) -> None:
         code = None
+        drain.running.add(self)
         try:
             while True:
                 message = await self.receive()
@@ -141,6 +142,7 @@ class NotificationConsumer:
         finally:
             # However the socket ends, it leaves the hub (else a user's cap fills up).
             self.on_disconnect(code)
+            drain.running.discard(self)
 
     # Handshake -------------------------------------------------------------------------------
 
@@ -154,6 +156,8 @@ class NotificationConsumer:
     async def on_connect(self) -> bool:
         scope = self.scope
         ip = (scope.get("client") or (None, None))[0]
+        if drain.draining():
+            return await self.reject("draining", result="draining", client=ip)
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         cursor, cursor_error = _query_cursor(query)
         slugs = query.get("topic", [])

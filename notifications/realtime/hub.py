@@ -35,7 +35,7 @@ from ..audiences import Membership, membership_of
 from ..compiled import CompiledQuery
 from ..conf import notifications_settings
 from ..models import Reach, Recipient
-from . import frames, messages
+from . import drain, frames, messages
 from .connection import Connection
 from .gcpolicy import GcPolicy
 from .transport import Frame
@@ -249,6 +249,7 @@ class Hub:
                 notifications_settings.GC_FULL_COLLECT_INTERVAL,
             )
             self._tasks.append(asyncio.ensure_future(self._gc.run()))
+        drain.install()  # after the server's own SIGTERM handler (realtime/drain.py)
         logger.info("hub started at cursor %s", self.horizon)
 
     async def _join_group(self) -> None:
