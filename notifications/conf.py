@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_TOKEN": None,
     # Seconds /healthz waits for a channel-layer round trip (non in-memory layers).
     "HEALTH_TIMEOUT": 1.0,
+    # One JSON line per socket event (connect, reject, close, replay, error) and publish
+    # failure on the notifications.events logger (notifications/eventlog.py).
+    "JSON_LOGS": False,
     # Seconds a SIGTERM drain answers /readyz with 503 before it closes the sockets.
     "DRAIN_GRACE": 0.0,
     # Seconds a SIGTERM drain waits for closed sockets to finish before the server stops.

@@ -192,6 +192,7 @@ for _key in (
     "HEALTH_TIMEOUT",
     "DRAIN_TIMEOUT",
     "DRAIN_GRACE",
+    "JSON_LOGS",
 ):
     if os.environ.get(f"NOTIFICATIONS_{_key}"):
         NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])
@@ -207,9 +208,21 @@ if os.environ.get("NOTIFICATIONS_METRICS_TOKEN"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # The structured lines (NOTIFICATIONS_JSON_LOGS) are whole JSON objects already.
+        "json_line": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "json_console": {"class": "logging.StreamHandler", "formatter": "json_line"},
+    },
     "loggers": {
+        "notifications.events": {
+            "handlers": ["json_console"],
+            "level": "INFO",
+            "propagate": False,
+        },
         "notifications": {
             "handlers": ["console"],
             "level": os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO"),

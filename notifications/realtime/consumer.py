@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from .. import metrics, selectors, services
+from .. import eventlog, metrics, selectors, services
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from . import drain, frames
@@ -95,7 +95,7 @@ def _handshake(
 class NotificationConsumer:
     """ASGI application for ``ws[s]://HOST/ws/notifications/``."""
 
-    __slots__ = ("closing", "conn", "hub", "receive", "scope", "send", "user")
+    __slots__ = ("close_code", "closing", "conn", "hub", "receive", "scope", "send", "user")
 
     def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scope = scope
@@ -104,6 +104,7 @@ class NotificationConsumer:
         self.user: Any = AnonymousUser()
         self.conn: Connection | None = None
         self.closing = False
+        self.close_code: int | None = None  # the code this server closed the socket with
 
     @classmethod
     def as_asgi(cls) -> Any:
@@ -139,6 +140,12 @@ class NotificationConsumer:
                 sys.exc_info()[1],
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
+            eventlog.emit(
+                "error",
+                where="socket",
+                conn=self.conn.id if self.conn else None,
+                error=eventlog.describe(sys.exc_info()[1]),
+            )
         finally:
             # However the socket ends, it leaves the hub (else a user's cap fills up).
             self.on_disconnect(code)
@@ -150,6 +157,7 @@ class NotificationConsumer:
         details = " ".join(f"{key}={value}" for key, value in context.items())
         logger.warning("ws.reject reason=%r %s", reason, details)
         metrics.handshake(result)
+        eventlog.emit("reject", reason=reason, **context)
         await self.send({"type": "websocket.close"})  # before accept: HTTP 403
         return False
 
@@ -177,6 +185,7 @@ class NotificationConsumer:
                 user, membership, topics, topic_errors = AnonymousUser(), Membership(None), [], []
         except Exception:
             logger.exception("handshake failed (database unavailable?)")
+            eventlog.emit("error", where="handshake", error=eventlog.describe(sys.exc_info()[1]))
             return await self.reject("server error", result="error", client=ip)
         self.user = user
         refusal = hub.admit(membership.user_id, ip)
@@ -210,6 +219,7 @@ class NotificationConsumer:
             cursor,
             type(conn.writer).__name__,
         )
+        eventlog.emit("connect", conn=conn.id, user=membership.user_id, client=ip, cursor=cursor)
         greeting = await self._greeting(start, cursor)
         await self.send_frame(
             {
@@ -250,6 +260,7 @@ class NotificationConsumer:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
         if self.conn is None or not self.conn.writer.close_frame(code):
             await self.send({"type": "websocket.close", "code": code})
 
@@ -267,6 +278,12 @@ class NotificationConsumer:
         if conn.user_id is None:
             _limiter.forget(conn.id)  # an anonymous budget is per connection
         logger.debug("ws.disconnect %s code=%s", conn.id, code)
+        if self.close_code is not None:
+            eventlog.emit(
+                "close", conn=conn.id, user=conn.user_id, code=self.close_code, by="server"
+            )
+        else:
+            eventlog.emit("close", conn=conn.id, user=conn.user_id, code=code, by="client")
 
     # Frames ----------------------------------------------------------------------------------
 
@@ -302,6 +319,12 @@ class NotificationConsumer:
             await self.send_frame(frames.error(exc.code, str(exc), frame.ref if frame else None))
         except Exception:
             logger.exception("frame handling failed on %s", self.conn.id)
+            eventlog.emit(
+                "error",
+                where="frame",
+                conn=self.conn.id,
+                error=eventlog.describe(sys.exc_info()[1]),
+            )
             await self.send_frame(
                 frames.error(
                     "internal_error",
@@ -419,6 +442,14 @@ class NotificationConsumer:
         the client's own cursor, when it is ahead of this process) is settled afterwards."""
         assert self.conn is not None
         count, complete = await self._send_replay(after=after, upto=upto)
+        eventlog.emit(
+            "replay",
+            conn=self.conn.id,
+            user=self.conn.user_id,
+            after=after,
+            count=count,
+            complete=complete,
+        )
         self.conn.position = max(self.conn.position, upto, after)
         await self.send_frame(
             frames.with_ref({"type": "replayed", "count": count, "complete": complete}, ref)

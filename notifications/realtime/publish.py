@@ -14,7 +14,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from .. import metrics
+from .. import eventlog, metrics
 from ..conf import notifications_settings
 from .messages import EVENT, HUB_GROUP
 
@@ -59,9 +59,10 @@ _pending_lock = threading.Lock()
 async def _group_send(layer: Any, message: dict[str, Any]) -> None:
     try:
         await asyncio.wait_for(layer.group_send(HUB_GROUP, message), PUBLISH_TIMEOUT)
-    except Exception:
+    except Exception as exc:
         metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
+        eventlog.emit("publish_failure", message=message["type"], error=eventlog.describe(exc))
 
 
 def _done(future: concurrent.futures.Future) -> None:
@@ -113,6 +114,7 @@ def publish_raw(message: dict[str, Any]) -> None:
         metrics.EVENTS_PUBLISHED.inc()
     try:
         _send(layer, message)
-    except Exception:
+    except Exception as exc:
         metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
+        eventlog.emit("publish_failure", message=message["type"], error=eventlog.describe(exc))
