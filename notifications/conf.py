@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_TOKEN": None,
     # Seconds /healthz waits for a channel-layer round trip (non in-memory layers).
     "HEALTH_TIMEOUT": 1.0,
+    # Age of the notifications `manage.py purge_notifications` deletes when it is given no
+    # --older-than: "90d", "12h", "30m" or a timedelta; None: the option is required.
+    "RETENTION": None,
     # One JSON line per socket event (connect, reject, close, replay, error) and publish
     # failure on the notifications.events logger (notifications/eventlog.py).
     "JSON_LOGS": False,

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from .. import eventlog, metrics, selectors, services
+from .. import eventlog, metrics, retention, selectors, services
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from . import drain, frames
@@ -429,7 +429,8 @@ class NotificationConsumer:
             # Announcements to everyone only: the same for every such socket, so sockets
             # resuming from the same cursor (all of them, after a restart) share one query.
             texts = await self.hub.public_replay(after=after, upto=upto, limit=limit + 1)
-        complete = len(texts) <= limit
+        # Also incomplete when a purge deleted events above the cursor (retention.py).
+        complete = len(texts) <= limit and not await retention.purged_after(after)
         for event_id, text in texts[:limit]:
             await self.send({"type": "websocket.send", "text": text})
             self.conn.last_sent = event_id
