@@ -20,7 +20,9 @@ from .support import require_service
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
-SERVERS = ["daphne", "uvicorn-websockets-sansio", "runserver"]
+SERVERS = ["daphne", "uvicorn-websockets-sansio", "runserver", "dockerfile"]
+# The Dockerfile's CMD options that matter for signals and sockets (uvloop, proxy headers).
+DOCKERFILE_ARGS = ("--loop", "uvloop", "--backlog", "4096", "--proxy-headers")
 
 
 def get(server: ServerProcess, path: str) -> tuple[int, dict]:
@@ -82,7 +84,9 @@ async def _closed_code(ws) -> int:
 
 @pytest.mark.parametrize("kind", SERVERS)
 async def test_sigterm_closes_sockets_with_1012_and_exits(kind):
-    with ServerProcess(server=kind, NOTIFICATIONS_DRAIN_GRACE="2") as server:
+    extra = DOCKERFILE_ARGS if kind == "dockerfile" else ()
+    kind = "uvicorn-websockets-sansio" if kind == "dockerfile" else kind
+    with ServerProcess(server=kind, extra_args=extra, NOTIFICATIONS_DRAIN_GRACE="2") as server:
         clients = [await ws_connect(server.ws_url, origin=server.origin) for _ in range(2)]
         try:
             for ws in clients:
