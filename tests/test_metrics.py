@@ -203,3 +203,16 @@ def test_grafana_dashboard_uses_exported_names():
         "notifications_delivery_latency_seconds_bucket",
     }
     assert used <= names, used - names
+
+
+@pytest.mark.server
+@pytest.mark.django_db(transaction=True)
+def test_a_remote_client_behind_a_trusted_proxy_is_refused():
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 (its default --forwarded-allow-ips), as
+    # it would from nginx: the scrape then comes from the visitor's address, not loopback.
+    with ServerProcess(server="uvicorn-websockets-sansio") as server:
+        assert status_of(server) == 200
+        assert status_of(server, {"X-Forwarded-For": "203.0.113.5"}) == 403
+        # What a trusted peer claims is believed: hence private process ports, or a token
+        # (docs/deployment.md, "Opening it safely"); nginx overwrites the header.
+        assert status_of(server, {"X-Forwarded-For": "127.0.0.1"}) == 200
