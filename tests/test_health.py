@@ -115,3 +115,21 @@ async def test_sigterm_closes_sockets_with_1012_and_exits(kind):
         output = server.output()
         assert "drain: SIGTERM, closing 2 sockets with 1012" in output, output
         assert "ws.reject reason='draining'" in output
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn-websockets-sansio"])
+async def test_a_second_sigterm_stops_at_once(kind):
+    with ServerProcess(server=kind, NOTIFICATIONS_DRAIN_GRACE="60") as server:
+        async with ws_connect(server.ws_url, origin=server.origin) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(
+                wait_until,
+                lambda: get(server, "/readyz")[0] == 503,
+                timeout=5,
+                what="draining",
+            )
+            # Still in the 60 s grace: a second SIGTERM skips the rest of the drain.
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.process.wait, 15)
