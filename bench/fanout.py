@@ -173,9 +173,11 @@ class Case:
             f"{self.name}: RSS {self.rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
             f"= {case['rss_per_conn_kib']} KiB/conn; idle CPU {self.idle_rate * 100:.1f}%"
         )
-        from .emitters import BareEmitter, OursEmitter, StockEmitter
+        from .emitters import BareEmitter, OursEmitter, PushEmitter, StockEmitter
 
-        if self.kind.startswith("ours"):
+        if self.kind.endswith("-push"):
+            self.emitter = PushEmitter()
+        elif self.kind.startswith("ours"):
             self.emitter = OursEmitter()
         elif self.kind == "stock":
             self.emitter = StockEmitter(args.redis_url, self.group)

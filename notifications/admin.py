@@ -12,8 +12,9 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from . import selectors, services
+from .api import tokens as api_tokens
 from .audiences import users_of
-from .models import Broadcast, Event, Subscription, Topic
+from .models import ApiScope, ApiToken, Broadcast, Event, Subscription, Topic
 
 
 class SubscriptionInline(admin.TabularInline):
@@ -201,3 +202,79 @@ class BroadcastAdmin(admin.ModelAdmin):
     def send_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         for broadcast in queryset.filter(sent_at__isnull=True):
             self._send(request, broadcast)
+
+
+class ApiTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiScope.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Audience keys this token may use; none ticked: all of them.",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["name", "scopes", "rate"]
+
+    def clean_rate(self) -> int | None:
+        rate = self.cleaned_data.get("rate")
+        if rate is not None and rate < 1:
+            raise forms.ValidationError("at least 1 request per minute")
+        return rate
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """HTTP API tokens. The value is shown once, after "Save"; revoking is an action."""
+
+    form = ApiTokenForm
+    list_display = [
+        "name",
+        "prefix",
+        "scope_list",
+        "rate",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke_selected"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
+        if obj is None:
+            return ["name", "scopes", "rate"]
+        return ["name", "prefix", "scopes", "rate", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="scopes")
+    def scope_list(self, token: ApiToken) -> str:
+        return ", ".join(token.scopes) or "all"
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        raw = None if change else api_tokens.issue(obj)
+        super().save_model(request, obj, form, change)
+        if raw is not None:
+            # The only time the value exists outside the client: the database keeps a digest.
+            self.message_user(
+                request,
+                format_html(
+                    "The token “{}” is <code>{}</code>. Copy it now: it will not be shown again.",
+                    obj.name,
+                    raw,
+                ),
+                messages.WARNING,
+            )
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.change_apitoken")
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            token, changed = api_tokens.revoke_token(token.name)
+            if changed:
+                self.log_change(request, token, "Revoked.")
+                revoked += 1
+        self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.
     "IDEMPOTENCY_WINDOW": 24 * 3600,
+    # Largest encoded `push` frame (services.push) in bytes: transient frames go to every
+    # matching socket at once and are not stored, so they stay small.
+    "MAX_PUSH_BYTES": 16 * 1024,
     # Users per group_send message before the hub looks recipients up in the database.
     "MAX_INLINE_RECIPIENTS": 1000,
     # Write pre-built frames straight to the server's transport (daphne, uvicorn) instead of
@@ -76,6 +79,10 @@ DEFAULTS: dict[str, Any] = {
     "DRAIN_GRACE": 0.0,
     # Seconds a SIGTERM drain waits for closed sockets to finish before the server stops.
     "DRAIN_TIMEOUT": 5.0,
+    # HTTP API (docs/api.md): requests per minute per token when the token sets no rate.
+    "API_RATE": 600,
+    # HTTP API: largest request body in bytes (a batch of 100 included); bigger gets 400.
+    "API_MAX_BODY_BYTES": 512 * 1024,
 }
 
 
