@@ -75,6 +75,11 @@ DELIVERIES = Counter(
     "Live notification frames written to this process's sockets.",
     registry=REGISTRY,
 )
+PUSHES = Counter(
+    "notifications_pushes",
+    "Transient push frames (push()/apush()) fanned out to this process's sockets.",
+    registry=REGISTRY,
+)
 REPLAYED = Counter(
     "notifications_replayed",
     "Notification frames replayed to resuming clients.",

@@ -216,3 +216,41 @@ def test_a_remote_client_behind_a_trusted_proxy_is_refused():
         # What a trusted peer claims is believed: hence private process ports, or a token
         # (docs/deployment.md, "Opening it safely"); nginx overwrites the header.
         assert status_of(server, {"X-Forwarded-For": "127.0.0.1"}) == 200
+
+
+NAMES = (
+    "notifications_events_published_total",
+    "notifications_events_received_total",
+    "notifications_deliveries_total",
+    "notifications_pushes_total",
+    "notifications_delivery_latency_seconds_count",
+)
+
+
+def samples() -> dict[str, float]:
+    return {name: metrics.REGISTRY.get_sample_value(name) or 0.0 for name in NAMES}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_batches_and_pushes_are_counted_per_event_once(connect):
+    from notifications import Notification, apush, notify_many
+
+    sockets = [await connect() for _ in range(3)]
+    before = samples()
+    events = await db(notify_many)([Notification("everyone", f"n{n}") for n in range(4)])
+    for sock in sockets:
+        got = [frame["id"] for frame in await sock.notifications(4)]
+        assert got == [event.id for event in events]
+    await apush("everyone", "progress", {"done": 1}, exclude=sockets[0].hello["socket"])
+    for sock in sockets[1:]:
+        assert (await sock.expect("push"))["event"] == "progress"
+    assert await sockets[0].nothing()
+    after = samples()
+    delta = {name.removeprefix("notifications_"): after[name] - before[name] for name in NAMES}
+    assert delta == {
+        "events_published_total": 4,  # one layer message for the batch, four events
+        "events_received_total": 4,
+        "deliveries_total": 12,
+        "pushes_total": 2,  # the sender's own socket left out
+        "delivery_latency_seconds_count": 4,  # every event of the batch timed
+    }

@@ -690,14 +690,17 @@ class Hub:
     async def _push(self, message: dict[str, Any]) -> None:
         """Fan out a transient frame at once: no buffer, no horizon (it has no id)."""
         frame, exclude = Frame(message["frame"]), message["exclude"]
-        for conn in self._targets(message, message["users"]):
+        targets, skipped = self._targets(message, message["users"]), 0
+        for conn in targets:
             if conn.id == exclude:
+                skipped = 1
                 continue
             try:
                 if not conn.push(frame):
                     await conn.send_control(frame)
             except Exception:
                 logger.exception("push to %s failed", conn.id)
+        metrics.PUSHES.inc(len(targets) - skipped)  # once per push, never per socket
 
     # Control messages -------------------------------------------------------------------------
 
