@@ -26,6 +26,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -90,6 +91,16 @@ def parse_env(arguments: str) -> dict[str, str]:
     return env
 
 
+def rewrite(command: str, image_dir: str, stand_in: Path) -> str:
+    """``command`` with the image's directory replaced by its stand-in (whole path
+    components only), and ``mkdir`` of it made idempotent."""
+    pattern = rf"(?<![\w/.-]){re.escape(image_dir)}(?=/|\s|$)"
+    command = re.sub(pattern, str(stand_in), command)
+    if command.startswith("mkdir ") and not command.startswith("mkdir -p "):
+        command = "mkdir -p " + command[len("mkdir ") :]
+    return command
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,14 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
     env.pop("VIRTUAL_ENV", None)
-    workdir: Path | None = None
-    image_workdir = ""
+    steps = instructions(ROOT / "Dockerfile")
+    # The image's work directory, known before the first RUN: a RUN that creates it (mkdir
+    # /app) must create the stand-in, never the path on this machine.
+    image_workdir = next((rest for word, rest in steps if word == "WORKDIR"), "")
+    workdir: Path | None = work / "app" if image_workdir else None
     cmd: list[str] = []
     healthcheck: list[str] = []
     skipped: list[str] = []
     server: subprocess.Popen | None = None
     try:
-        for word, rest in instructions(ROOT / "Dockerfile"):
+        for word, rest in steps:
             if word == "FROM":
                 step(f"FROM {rest}: a virtualenv of Python {sys.version.split()[0]}")
                 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -125,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             elif word == "ENV":
                 env.update(parse_env(rest))
             elif word == "WORKDIR":
-                image_workdir = rest
-                workdir = work / "app"
+                if rest != image_workdir:
+                    raise SystemExit(f"a second WORKDIR ({rest}) is not supported")
+                assert workdir is not None
                 workdir.mkdir(exist_ok=True)
             elif word == "COPY":
                 step(f"COPY {rest}")
@@ -140,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                         skipped.append(command)
                         continue
                     if image_workdir and workdir is not None:
-                        command = command.replace(f"mkdir {image_workdir}", f"mkdir -p {workdir}")
-                        command = command.replace(image_workdir, str(workdir))
+                        command = rewrite(command, image_workdir, workdir)
+                    if workdir is not None and not workdir.exists() and "mkdir" not in command:
+                        raise SystemExit(f"RUN before the work directory exists: {command}")
                     parts.append(command)
                 if not parts:
                     continue
                 command = " && ".join(parts)
                 step(f"RUN {command}")
-                subprocess.run(["/bin/sh", "-c", command], cwd=workdir or work, env=env, check=True)
+                cwd = workdir if workdir is not None and workdir.exists() else work
+                subprocess.run(["/bin/sh", "-c", command], cwd=cwd, env=env, check=True)
             elif word == "CMD":
                 cmd = json.loads(rest)
             elif word == "HEALTHCHECK":
