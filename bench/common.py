@@ -415,7 +415,11 @@ def snapshot(tmp: Path) -> tuple[Path, dict]:
 def setup_django(env: dict[str, str]) -> None:
     """Configure Django in this process (the emitter) exactly like the servers."""
     for key in list(os.environ):
-        if key.startswith(("DJANGO_", "NOTIFICATIONS_")) or key in ("DATABASE_URL", "REDIS_URL"):
+        if key.startswith(("DJANGO_", "NOTIFICATIONS_")) or key in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "REDIS_PREFIX",
+        ):
             del os.environ[key]
     os.environ.update(env)
     os.environ["NOTIFICATIONS_LOG_LEVEL"] = "WARNING"

@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Seconds the hub waits for a missing lower id to arrive before asking the database.
     "GAP_WAIT": 0.05,
+    # Threads (each with its own database connection) for the reads of WebSocket handshakes,
+    # so that a burst of signed-in handshakes waits for the database in parallel
+    # (realtime/dbthreads.py).
+    "HANDSHAKE_THREADS": 4,
     # Seconds between checks that connected users' sessions still exist and users are active.
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.

@@ -106,13 +106,16 @@ REDIS_HOSTS = redis_hosts(os.environ)
 # are at-most-once for a process that is disconnected; the hub's database poll and gap reads
 # cover what a layer drops.
 REDIS_LAYER = os.environ.get("REDIS_LAYER", "pubsub")
+# Key and channel prefix: sites (or test and benchmark runs) that share one Redis must differ,
+# because pub/sub channels ignore the database number in the URL.
+REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "asgi")
 if REDIS_HOSTS and REDIS_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             # Group membership is each process's own subscription: it ends with the
             # process's connection, so nothing expires or needs renewing.
-            "CONFIG": {"hosts": REDIS_HOSTS},
+            "CONFIG": {"hosts": REDIS_HOSTS, "prefix": REDIS_PREFIX},
         }
     }
 elif REDIS_HOSTS:
@@ -121,6 +124,7 @@ elif REDIS_HOSTS:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": REDIS_HOSTS,
+                "prefix": REDIS_PREFIX,
                 # The hub's channel receives every event for this process.
                 "capacity": 10_000,
                 "expiry": 30,

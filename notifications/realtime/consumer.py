@@ -31,6 +31,7 @@ from ..conf import notifications_settings
 from . import drain, frames
 from .auth import authenticate, session_key_from
 from .connection import Connection
+from .dbthreads import handshake_reads
 from .frames import ClientFrame, FrameError
 from .hub import get_hub, load_replay
 from .origin import header
@@ -189,7 +190,7 @@ class NotificationConsumer:
         try:
             await hub.ready()
             if session_key or slugs:
-                user, membership, topics, topic_errors = await database_sync_to_async(_handshake)(
+                user, membership, topics, topic_errors = await handshake_reads(_handshake)(
                     session_key, slugs
                 )
             else:  # an anonymous visitor without cookies: nothing to look up
@@ -260,7 +261,7 @@ class NotificationConsumer:
         try:
             # Count what this socket will not bring live: up to its start, or up to the
             # client's cursor when that is ahead (events the page already rendered).
-            return await database_sync_to_async(selectors.greeting)(
+            return await handshake_reads(selectors.greeting)(
                 self.user,
                 upto=start,
                 counted_to=max(start, cursor or 0),
