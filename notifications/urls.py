@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import views
+from . import metrics, views
 from .api import send
 from .realtime import sse
 
@@ -13,6 +13,8 @@ urlpatterns = [
     path("notifications/preferences/", views.preferences, name="preferences"),
     path("sse/notifications/", sse.stream, name="stream"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("", include("notifications.api.inbox_urls")),
 ]
 

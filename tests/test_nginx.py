@@ -43,7 +43,7 @@ def nginx_config(upstream_port: int, port: int, folder: Path) -> str:
 @pytest.fixture
 def nginx(transactional_db):
     require_service(
-        "nginx", Path(NGINX).exists(), "needs nginx (apt-get install nginx-light, as .ci/run does)"
+        "nginx", Path(NGINX).exists(), "needs nginx (apt-get install nginx, as .ci/run does)"
     )
     with ServerProcess() as server, tempfile.TemporaryDirectory() as folder:
         port = free_port()

@@ -2,11 +2,11 @@
 
 ``database_sync_to_async`` runs every call on one shared thread (``thread_sensitive``), so a
 burst of signed-in handshakes (every client reconnecting after a deploy) waits for the
-session, user, membership and ``hello`` queries of each socket in turn, and the event loop's
-process mostly waits for the database's answers (py-spy: psycopg's ``wait`` and ``send``
-were the top of a signed-in ramp). Handshakes mostly read (a ``?topic=`` subscription writes
-one row), each in its own thread's connection, so several can wait for the database at once. ``HANDSHAKE_THREADS`` sets how many (1 gives
-back the shared thread's behaviour, in a thread of its own).
+session, user, membership and ``hello`` queries of each socket in turn, and the process
+mostly waits for the database's answers (py-spy: psycopg's ``wait`` and ``send`` were the top
+of a signed-in ramp). Handshakes mostly read (a ``?topic=`` subscription writes one row), each
+in its own thread's connection, so several can wait for the database at once.
+``HANDSHAKE_THREADS`` sets how many (1: the shared thread's behaviour, on a thread of its own).
 """
 
 from __future__ import annotations
