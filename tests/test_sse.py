@@ -87,3 +87,22 @@ def test_anonymous_stream_says_hello(server):
         assert hello == {"type": "hello", "protocol": 1, "user": None, "unread": None, "cursor": 0}
     finally:
         connection.close()
+
+
+def test_a_stream_counts_as_a_connection_in_the_metrics(server):
+    def connections() -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        (line,) = [row for row in text.splitlines() if row.startswith("notifications_connections ")]
+        return float(line.split()[1])
+
+    connection, response = open_stream(server)
+    try:
+        assert frames(response, 1)[0]["type"] == "hello"
+        assert connections() == 1.0
+    finally:
+        connection.close()
