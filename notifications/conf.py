@@ -87,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
     "API_RATE": 600,
     # HTTP API: largest request body in bytes (a batch of 100 included); bigger gets 400.
     "API_MAX_BODY_BYTES": 512 * 1024,
+    # Language codes lazy titles and bodies are rendered in (notifications/i18n.py); None:
+    # the codes of settings.LANGUAGES.
+    "LANGUAGES": None,
 }
 
 

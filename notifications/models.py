@@ -146,6 +146,18 @@ class Event(models.Model):
         help_text="After this, the event is no longer delivered, replayed or counted as unread.",
     )
     recipient_count = models.PositiveIntegerField(default=0)
+    translations = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Title and body in the languages where they differ: {code: {title, body}}.",
+    )
+    group_key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="Events with the same key collapse into one row of the feed.",
+    )
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     # What the notification is about (notify(..., target=obj)), like django-notifications-hq's
@@ -283,6 +295,72 @@ class Broadcast(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+def all_levels() -> list[str]:
+    return list(Level.values)
+
+
+class FeedState(models.Model):
+    """Per-user "seen" watermark of the feed: events with ``id <= seen_through`` have been
+    shown to the user (the feed was opened), read or not. Seen is not read: it only clears
+    the new-items indicator on the bell."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="notification_feed",
+    )
+    seen_through = models.BigIntegerField(default=0)
+    seen_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} saw through {self.seen_through}"
+
+
+class ArchiveMark(models.Model):
+    """One event archived by one user: gone from the feed, still in the inbox history."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="archive_marks")
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "event"], name="notifications_archive_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} archived {self.event_id}"
+
+
+class Preferences(models.Model):
+    """What a signed-in user wants to be interrupted by. Muting never hides an event: muted
+    topics make no toast and no desktop notification, and stay in the inbox and the unread
+    count (docs/client.md, "Preferences")."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="notification_preferences",
+    )
+    muted_topics = models.ManyToManyField(Topic, blank=True, related_name="+")
+    language = models.CharField(
+        max_length=15,
+        blank=True,
+        help_text="Notifications in this language (empty: the browser's).",
+    )
+    toast_levels = models.JSONField(default=all_levels, blank=True)
+    desktop_levels = models.JSONField(default=all_levels, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "preferences"
+
+    def __str__(self) -> str:
+        return f"preferences of user {self.user_id}"
 
 
 class ApiScope(models.TextChoices):

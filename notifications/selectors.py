@@ -265,6 +265,180 @@ def users_in_groups(group_ids: Iterable[int]) -> list[int]:
     return list(users.values_list("pk", flat=True).distinct())
 
 
+# The feed (the bell's list and the JSON inbox API) --------------------------------------------
+
+
+def seen_through(user: AnyUser) -> int:
+    """The user's "seen" watermark (0 for anonymous visitors and users who never opened it)."""
+    from .models import FeedState
+
+    if not user.is_authenticated:
+        return 0
+    value = FeedState.objects.filter(user=user).values_list("seen_through", flat=True).first()
+    return value or 0
+
+
+def unseen_count(user: AnyUser) -> int | None:
+    """Events the user may see above the seen watermark and not archived (None: anonymous)."""
+    from .models import ArchiveMark
+
+    if not user.is_authenticated:
+        return None
+    return (
+        Event.objects.filter(visible_to(user), id__gt=seen_through(user))
+        .exclude(Exists(ArchiveMark.objects.filter(user=user, event=OuterRef("pk"))))
+        .count()
+    )
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    events: list[Event]  # newest first; each with ``is_read`` and ``is_archived``
+    next_before: int | None  # pass as ``before`` for the next (older) page; None: no more
+    seen_through: int
+
+
+FEED_PAGE_MAX = 100
+
+
+def feed_page(
+    user: AnyUser,
+    *,
+    before: int | None = None,
+    limit: int = 20,
+    unread_only: bool = False,
+    topic: str | None = None,
+    archived: bool = False,
+    group: bool = False,
+    group_key: str | None = None,
+) -> FeedPage:
+    """One page of the feed: events ``user`` may see (the audience rule), newest first, with
+    ``id < before``, optionally only unread ones or one topic's; archived events only with
+    ``archived=True`` (and then only those). With ``group``, events that share a
+    ``group_key`` collapse into their newest (see :func:`group_summaries`); ``group_key``
+    keeps one group's events."""
+    from .models import ArchiveMark
+
+    limit = max(1, min(limit, FEED_PAGE_MAX))
+    events = _with_read_flag(visible_events(user), user)
+    if user.is_authenticated:
+        events = events.annotate(
+            is_archived=Exists(ArchiveMark.objects.filter(user=user, event=OuterRef("pk")))
+        ).filter(is_archived=archived)
+    elif archived:
+        events = events.none()
+    else:
+        events = events.annotate(is_archived=ExpressionWrapper(Q(pk__in=[]), BooleanField()))
+    if before is not None:
+        events = events.filter(id__lt=before)
+    if unread_only:
+        events = events.filter(is_read=False)
+    if topic is not None:
+        events = events.filter(topic__slug=topic)
+    if group_key is not None:
+        events = events.filter(group_key=group_key)
+    if group:
+        events = events.filter(
+            Q(group_key="")
+            | ~Exists(_newer_in_group(user, archived=archived, unread_only=unread_only))
+        )
+    rows = list(events.order_by("-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return FeedPage(
+        events=rows,
+        next_before=rows[-1].id if more and rows else None,
+        seen_through=seen_through(user),
+    )
+
+
+def _feed_state_filter(events: QuerySet, user: AnyUser, *, archived: bool) -> QuerySet:
+    from .models import ArchiveMark
+
+    if not user.is_authenticated:
+        return events if not archived else events.none()
+    marked = Exists(ArchiveMark.objects.filter(user=user, event=OuterRef("pk")))
+    return events.filter(marked) if archived else events.exclude(marked)
+
+
+def _newer_in_group(user: AnyUser, *, archived: bool, unread_only: bool) -> QuerySet:
+    """A newer event of the outer row's group that would be listed too (same filters)."""
+    newer = Event.objects.filter(
+        visible_to(user), group_key=OuterRef("group_key"), id__gt=OuterRef("id")
+    )
+    newer = _feed_state_filter(newer, user, archived=archived)
+    if unread_only and user.is_authenticated:
+        newer = newer.filter(id__gt=read_through(user)).exclude(
+            Exists(ReadMark.objects.filter(user=user, event=OuterRef("pk")))
+        )
+    return newer
+
+
+GROUP_ACTORS_SHOWN = 3
+
+
+def group_summaries(
+    user: AnyUser, keys: Iterable[str], *, archived: bool = False
+) -> dict[str, dict]:
+    """Per ``group_key``: how many events the user may see (``count``), how many are unread,
+    and who acted, newest first (``actors``: at most three usernames; ``actor_count``)."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    events = _feed_state_filter(
+        _with_read_flag(visible_events(user), user).filter(group_key__in=keys),
+        user,
+        archived=archived,
+    )
+    summaries: dict[str, dict] = {
+        key: {"key": key, "count": 0, "unread": 0, "actors": [], "actor_count": 0} for key in keys
+    }
+    for key, is_read in events.values_list("group_key", "is_read"):
+        summaries[key]["count"] += 1
+        summaries[key]["unread"] += 0 if is_read else 1
+    name = f"actor__{get_user_model().USERNAME_FIELD}"
+    actors = (
+        events.filter(actor__isnull=False)
+        .values("group_key", name)
+        .annotate(last=Max("id"))
+        .order_by("-last")
+    )
+    for row in actors:
+        summary = summaries[row["group_key"]]
+        summary["actor_count"] += 1
+        if len(summary["actors"]) < GROUP_ACTORS_SHOWN:
+            summary["actors"].append(row[name])
+    return summaries
+
+
+def group_event_ids(user: AnyUser, key: str, *, limit: int = 10_000) -> list[int]:
+    """Ids of the events of one group that ``user`` may see, newest first (at most ``limit``)."""
+    return list(
+        visible_events(user)
+        .filter(group_key=key)
+        .order_by("-id")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def preferences_of(user: AbstractBaseUser):
+    """The user's stored :class:`~notifications.models.Preferences` (unsaved defaults if none)."""
+    from .models import Preferences
+
+    return Preferences.objects.filter(user=user).first() or Preferences(user=user)
+
+
+def followed_topics(user: AnyUser) -> list:
+    """Topics the user follows, directly or through a group, by name (what the feed's topic
+    filter and the mute list offer)."""
+    from .audiences import membership_of
+    from .models import Topic
+
+    if not user.is_authenticated:
+        return []
+    return list(Topic.objects.filter(pk__in=membership_of(user).topic_ids).order_by("name"))
+
+
 def notifications_about(
     obj: object, *, user: AbstractBaseUser | AnonymousUser | None = None
 ) -> QuerySet[Event]:

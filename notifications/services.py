@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -24,16 +24,19 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from . import signals
+from . import i18n, signals
 from .audiences import Audience, may_read, resolve, users_of, visible_to
 from .conf import notifications_settings
 from .models import (
     TITLE_MAX_LENGTH,
+    ArchiveMark,
     Broadcast,
     Event,
+    FeedState,
     InboxState,
     Level,
     MembershipChange,
+    Preferences,
     Reach,
     ReadMark,
     Recipient,
@@ -148,6 +151,7 @@ class Notification:
     actor: AbstractBaseUser | None = None
     idempotency_key: str | None = None
     expires_at: datetime | None = None
+    group_key: str | None = None
     target: Model | None = None
 
 
@@ -168,6 +172,11 @@ def _checked(item: Notification) -> tuple[Audience, Topic | None, dict[str, Any]
         not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)
     ):
         raise ValueError("expires_at must be an aware datetime")
+    group_key = item.group_key
+    if group_key is not None:
+        if not isinstance(group_key, str) or not 0 < len(group_key) <= 200:
+            raise ValueError("group_key must be a string of 1 to 200 characters")
+        check_text(group_key, "group_key")
     return audience, label, data, url
 
 
@@ -183,6 +192,7 @@ def notify(
     actor: AbstractBaseUser | None = None,
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
+    group_key: str | None = None,
     target: Model | None = None,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
@@ -193,9 +203,13 @@ def notify(
     within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
     ``expires_at`` the event is no longer delivered, replayed or counted as unread.
     ``target``: a saved model instance the notification is about (``event.target``,
-    ``selectors.notifications_about(obj)``, ``target`` in the frame). Raises ``ValueError``
-    for bad arguments; nothing is stored then.
+    ``selectors.notifications_about(obj)``, ``target`` in the frame). Events with the same
+    ``group_key`` collapse into one row of the feed ("Ann and 2 others"). ``title`` and
+    ``body`` may be lazy translation strings: each recipient then gets them in their own
+    language (notifications/i18n.py). Raises ``ValueError`` for bad arguments; nothing is
+    stored then.
     """
+    title, body, translations = i18n.render(title, body)
     audience, label, data, url = _checked(
         Notification(
             recipients,
@@ -207,6 +221,7 @@ def notify(
             data=data,
             idempotency_key=idempotency_key,
             expires_at=expires_at,
+            group_key=group_key,
         )
     )
     target_type, target_id = target_reference(target) if target is not None else (None, "")
@@ -239,6 +254,8 @@ def notify(
             expires_at=expires_at,
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
+            group_key=group_key or "",
+            translations=translations,
             target_content_type=target_type,
             target_object_id=target_id,
         )
@@ -273,9 +290,13 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
     """
     items = list(items)
     checked = []
+    translations: list[dict[str, dict[str, str]]] = []
     for index, item in enumerate(items):
         if not isinstance(item, Notification):
             raise ValueError(f"notifications[{index}] is not a Notification")
+        title, body, texts = i18n.render(item.title, item.body)
+        items[index] = item = replace(item, title=title, body=body)
+        translations.append(texts)
         try:
             checked.append(_checked(item))
         except ValueError as exc:
@@ -319,6 +340,8 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
                 expires_at=item.expires_at,
                 recipient_count=_recipient_count(audience, named),
                 idempotency_key=item.idempotency_key,
+                group_key=item.group_key or "",
+                translations=translations[index],
                 target_content_type=target_type,
                 target_object_id=target_id,
             )
@@ -455,6 +478,22 @@ def _publish_unread(user: AbstractBaseUser, count: int, *, exclude: str | None) 
     _on_commit(messages.unread(user_id=user.pk, count=count, exclude=exclude))
 
 
+# The protocol extension a client names on connect (``?ext=inbox``) to get inbox-state frames.
+INBOX_EXTENSION = "inbox"
+
+
+def _publish_to_user(
+    user: AbstractBaseUser, frame: dict[str, Any], *, exclude: str | None = None
+) -> None:
+    """On commit, ``frame`` (encoded here, once) to every connection of ``user`` in every
+    process (the inbox-state extension of PROTOCOL.md, docs/client.md)."""
+    _on_commit(
+        messages.user_frame(
+            user_id=user.pk, frame=frames.encode(frame), exclude=exclude, ext=INBOX_EXTENSION
+        )
+    )
+
+
 def mark_read(user: AbstractBaseUser, ids: Iterable[int], *, origin: str | None = None) -> int:
     """Mark those of ``ids`` that ``user`` may see as read; return the new unread count.
 
@@ -483,6 +522,8 @@ def mark_read(user: AbstractBaseUser, ids: Iterable[int], *, origin: str | None 
             [ReadMark(user=user, event_id=pk) for pk in event_ids], ignore_conflicts=True
         )
         count = unread_count(user)
+        if readable:
+            _publish_to_user(user, {"type": "read_state", "ids": sorted(readable), "read": True})
         _publish_unread(user, count, exclude=origin)
         if event_ids:
             transaction.on_commit(
@@ -503,6 +544,7 @@ def mark_all_read(user: AbstractBaseUser, *, origin: str | None = None) -> int:
         )
         ReadMark.objects.filter(user=user, event_id__lte=top).delete()
         count = unread_count(user)
+        _publish_to_user(user, {"type": "read_state", "read": True, "through": top})
         _publish_unread(user, count, exclude=origin)
         transaction.on_commit(
             partial(signals.notification_read.send, sender=Event, user=user, ids=None),
@@ -643,3 +685,161 @@ def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Even
         )
     broadcast.refresh_from_db()
     return event
+
+
+# Inbox state beyond read marks: unread again, seen, archived; preferences ------------------
+
+
+def _require_inbox(user: AbstractBaseUser | AnonymousUser) -> None:
+    if not user.is_authenticated:
+        raise PermissionError("anonymous visitors have no inbox")
+
+
+def _visible_ids(user: AbstractBaseUser, ids: Iterable[int]) -> list[int]:
+    """Those of ``ids`` that name events ``user`` may see (the audience rule), sorted."""
+    wanted = {pk for pk in ids if 0 < pk <= frames.MAX_ID}
+    if not wanted:
+        return []
+    return sorted(
+        Event.objects.filter(visible_to(user), id__in=wanted).values_list("pk", flat=True)
+    )
+
+
+def mark_unread(user: AbstractBaseUser, ids: Iterable[int], *, origin: str | None = None) -> int:
+    """Mark those of ``ids`` that ``user`` may see as unread; return the new unread count.
+
+    Above the read watermark this deletes the read marks. For events at or below it, the
+    watermark moves down to just below the oldest of them and every other event the user may
+    see in between gets a read mark: read state stays "watermark plus sparse marks", so every
+    query that counts unread keeps working unchanged. The cost is one row per event between
+    the oldest event marked unread and the old watermark (``mark_all_read`` folds them again).
+    """
+    _require_inbox(user)
+    with transaction.atomic():
+        event_ids = _visible_ids(user, ids)
+        state = InboxState.objects.select_for_update().filter(user=user).first()
+        watermark = state.read_through if state else 0
+        ReadMark.objects.filter(user=user, event_id__in=event_ids).delete()
+        below = [pk for pk in event_ids if pk <= watermark]
+        if below:
+            assert state is not None
+            low = below[0]
+            still_read = (
+                Event.objects.filter(visible_to(user), id__gt=low, id__lte=watermark)
+                .exclude(id__in=below)
+                .values_list("pk", flat=True)
+            )
+            ReadMark.objects.bulk_create(
+                [ReadMark(user=user, event_id=pk) for pk in still_read],
+                batch_size=1000,
+                ignore_conflicts=True,
+            )
+            InboxState.objects.filter(user=user).update(read_through=low - 1)
+        count = unread_count(user)
+        if event_ids:
+            _publish_to_user(user, {"type": "read_state", "ids": event_ids, "read": False})
+        _publish_unread(user, count, exclude=origin)
+    return count
+
+
+def mark_seen(user: AbstractBaseUser, *, through: int | None = None) -> int:
+    """The user has seen the feed up to ``through`` (default: the newest event now); return
+    the seen watermark. It never moves back; every connection of the user gets ``seen``."""
+    _require_inbox(user)
+    top = stream_cursor()
+    through = top if through is None else max(0, min(through, top))
+    with transaction.atomic():
+        state, _ = FeedState.objects.select_for_update().get_or_create(user=user)
+        if through > state.seen_through:
+            state.seen_through = through
+            state.seen_at = timezone.now()
+            state.save(update_fields=["seen_through", "seen_at"])
+            _publish_to_user(user, {"type": "seen", "through": through})
+    return state.seen_through
+
+
+def archive(
+    user: AbstractBaseUser, ids: Iterable[int], *, archived: bool = True, origin: str | None = None
+) -> list[int]:
+    """Archive (or, with ``archived=False``, restore) those of ``ids`` that ``user`` may see;
+    return their ids. Archiving also marks them read: an unread row the feed no longer shows
+    would hold the badge up for good. Every connection of the user gets ``archived``."""
+    _require_inbox(user)
+    with transaction.atomic():
+        event_ids = _visible_ids(user, ids)
+        if archived:
+            ArchiveMark.objects.bulk_create(
+                [ArchiveMark(user=user, event_id=pk) for pk in event_ids], ignore_conflicts=True
+            )
+        else:
+            ArchiveMark.objects.filter(user=user, event_id__in=event_ids).delete()
+        if event_ids:
+            _publish_to_user(user, {"type": "archived", "ids": event_ids, "archived": archived})
+            if archived:
+                mark_read(user, event_ids, origin=origin)
+    return event_ids
+
+
+def preferences_frame(prefs: Preferences) -> dict[str, Any]:
+    """The ``preferences`` frame (and JSON API answer) for stored preferences."""
+    return {
+        "type": "preferences",
+        "language": prefs.language,
+        "muted_topics": sorted(prefs.muted_topics.values_list("slug", flat=True)),
+        "toast_levels": [level for level in Level.values if level in prefs.toast_levels],
+        "desktop_levels": [level for level in Level.values if level in prefs.desktop_levels],
+    }
+
+
+def _levels(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{field}: must be a list of levels")
+    unknown = sorted(set(value) - set(Level.values))
+    if unknown:
+        raise ValueError(f"{field}: unknown level {unknown[0]!r}")
+    return [level for level in Level.values if level in value]
+
+
+def update_preferences(
+    user: AbstractBaseUser,
+    *,
+    muted_topics: Iterable[str] | None = None,
+    toast_levels: list[str] | None = None,
+    desktop_levels: list[str] | None = None,
+    language: str | None = None,
+) -> Preferences:
+    """Store what is given (None leaves a part as it is) and push ``preferences`` to every
+    connection of the user. Only topics the user follows (directly or through a group) or may
+    read as public can be muted; ``ValueError`` names the first bad value."""
+    _require_inbox(user)
+    topics = None
+    if muted_topics is not None:
+        slugs = list(muted_topics)
+        if not all(isinstance(slug, str) for slug in slugs) or len(slugs) > 500:
+            raise ValueError("muted_topics: must be a list of topic slugs")
+        topics = list(Topic.objects.filter(slug__in=slugs))
+        found = {topic.slug for topic in topics}
+        missing = sorted(set(slugs) - found)
+        if missing:
+            raise ValueError(f"muted_topics: no topic {missing[0]!r}")
+        for topic in topics:
+            if not may_follow(user, topic):
+                raise ValueError(f"muted_topics: no topic {topic.slug!r}")
+    if language is not None and language != "" and language not in i18n.languages():
+        raise ValueError(f"language: not one of the site's languages: {str(language)[:20]!r}")
+    toast = _levels(toast_levels, "toast_levels") if toast_levels is not None else None
+    desktop = _levels(desktop_levels, "desktop_levels") if desktop_levels is not None else None
+    with transaction.atomic():
+        prefs, _ = Preferences.objects.select_for_update().get_or_create(user=user)
+        if toast is not None:
+            prefs.toast_levels = toast
+        if desktop is not None:
+            prefs.desktop_levels = desktop
+        if language is not None:
+            prefs.language = language
+        prefs.updated_at = timezone.now()
+        prefs.save()
+        if topics is not None:
+            prefs.muted_topics.set(topics)
+        _publish_to_user(user, preferences_frame(prefs))
+    return prefs

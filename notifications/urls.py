@@ -1,7 +1,8 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import metrics, views
 from .api import send
+from .realtime import sse
 
 app_name = "notifications"
 
@@ -9,9 +10,12 @@ urlpatterns = [
     path("notifications/", views.inbox, name="inbox"),
     path("notifications/<int:event_id>/read/", views.mark_read, name="mark_read"),
     path("notifications/read-all/", views.mark_all_read, name="mark_all_read"),
+    path("notifications/preferences/", views.preferences, name="preferences"),
+    path("sse/notifications/", sse.stream, name="stream"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    path("", include("notifications.api.inbox_urls")),
 ]
 
 # The sending API for other services (notifications/api/send.py, docs/api.md).

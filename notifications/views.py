@@ -6,17 +6,21 @@ They stay thin: reads come from ``selectors``, writes from ``services``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from . import health, selectors, services
+from . import health, i18n, selectors, services
+from .api.inbox import language_of
+from .models import Level
 from .realtime import drain
 
 logger = logging.getLogger(__name__)
@@ -31,6 +35,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     # socket's replay - inbox.js drops the second copy - instead of in neither.
     cursor = selectors.stream_cursor()
     inbox = selectors.inbox_page(request.user, page=request.GET.get("page", 1))
+    _translate(inbox.page, language_of(request))
     return render(
         request,
         "notifications/inbox.html",
@@ -41,6 +46,14 @@ def inbox(request: HttpRequest) -> HttpResponse:
             "notifications_unread": inbox.unread,
         },
     )
+
+
+def _translate(events: Any, language: str | None) -> None:
+    """Show each event's title and body in ``language`` where it has a translation."""
+    for event in events:
+        text = i18n.pick(event.translations, language)
+        if text:
+            event.title, event.body = text["title"], text["body"]
 
 
 def _redirect_back(request: HttpRequest) -> HttpResponse:
@@ -105,3 +118,40 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     if drain.draining():
         return JsonResponse({"status": "draining"}, status=503)
     return await _health()
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
+def preferences(request: HttpRequest) -> HttpResponse:
+    """Mute topics and choose the levels that make a toast or a desktop notification (works
+    without JavaScript; the feed's panel edits the same through the JSON API)."""
+    errors: list[str] = []
+    if request.method == "POST":
+        try:
+            services.update_preferences(
+                request.user,
+                muted_topics=request.POST.getlist("muted_topics"),
+                toast_levels=request.POST.getlist("toast_levels"),
+                desktop_levels=request.POST.getlist("desktop_levels"),
+                language=request.POST.get("language", ""),
+            )
+        except ValueError as exc:
+            errors.append(str(exc))
+        else:
+            messages.success(request, "Your notification preferences are saved.")
+            return redirect("notifications:preferences")
+    stored = services.preferences_frame(selectors.preferences_of(request.user))
+    levels = [(value, label) for value, label in Level.choices]
+    return render(
+        request,
+        "notifications/preferences.html",
+        {
+            "errors": errors,
+            "levels": levels,
+            "topics": selectors.followed_topics(request.user),
+            "prefs": stored,
+            "languages": [
+                (code, name) for code, name in settings.LANGUAGES if code in i18n.languages()
+            ],
+        },
+    )

@@ -657,6 +657,7 @@ def test_template_tags_render_for_anonymous_user(alice):
         "unread": None,
         "user": None,
         "inbox": None,
+        "sse": "/sse/notifications/",
     }
     assert '<link rel="stylesheet" href="/static/notifications/notifications.css">' in html
     assert '<script type="module" src="/static/notifications/notifications.js"></script>' in html
@@ -690,6 +691,16 @@ def test_template_tags_render_for_a_signed_in_user(alice):
     assert data["inbox"] == INBOX
     assert page.badges[0]["data-count"] == "2"
     assert page.badge_text == ["2"]
+    # What the feed and the toasts start from (docs/client.md).
+    assert data["unseen"] == 2
+    assert data["preferences"] == {
+        "language": "",
+        "muted_topics": [],
+        "toast_levels": ["info", "success", "warning", "error"],
+        "desktop_levels": ["info", "success", "warning", "error"],
+    }
+    assert data["preferences_url"] == "/notifications/preferences/"
+    assert isinstance(data["csrf"], str) and data["csrf"]
 
 
 def test_template_tags_prefer_the_views_cursor_and_count(alice):

@@ -40,11 +40,13 @@ class Connection:
         "channels",
         "close",
         "dropped",
+        "extensions",
         "group_ids",
         "id",
         "ip",
         "is_staff",
         "is_superuser",
+        "language",
         "last_sent",
         "max_buffered",
         "paused",
@@ -78,6 +80,11 @@ class Connection:
         self.ip = ip
         self.max_buffered = max_buffered
         self.dropped = False
+        # Protocol extensions the client asked for (``?ext=inbox``): frames beyond v1 that
+        # only such clients get, so a strict v1 client never sees an unknown type.
+        self.extensions: frozenset[str] = frozenset()
+        # The language of its notification frames (notifications/i18n.py); None: default.
+        self.language: str | None = None
         self.anon_topics: set[int] = set()
         # Object channels (notifications.channels) this socket was authorised to follow.
         self.channels: set[str] = set()

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from .. import audiences, eventlog, metrics, retention, selectors, services
+from .. import audiences, eventlog, i18n, metrics, retention, selectors, services
 from .. import channels as object_channels
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
@@ -211,6 +211,10 @@ class NotificationConsumer:
             session_key=session_key if membership.user_id else None,
             auth_hash=getattr(user, "notifications_auth_hash", None),
             ip=ip,
+        )
+        conn.extensions = frames.extensions(query)
+        conn.language = i18n.socket_language(
+            query.get("lang", ()), header(scope, b"accept-language")
         )
         conn.pause()  # live events wait until hello (and the replay) are out
         start = hub.attach(conn)
@@ -458,11 +462,14 @@ class NotificationConsumer:
                 topic_id=topic_id,
                 channels=sorted(conn.channels | ({channel} if channel else set())),
                 channel=channel,
+                language=conn.language,
             )
         else:
             # Announcements to everyone only: the same for every such socket, so sockets
             # resuming from the same cursor (all of them, after a restart) share one query.
-            texts = await self.hub.public_replay(after=after, upto=upto, limit=limit + 1)
+            texts = await self.hub.public_replay(
+                after=after, upto=upto, limit=limit + 1, language=conn.language
+            )
         # Also incomplete when a purge deleted events above the cursor (retention.py).
         complete = len(texts) <= limit and not await retention.purged_after(after)
         sent = 0

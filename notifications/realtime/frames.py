@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 
+from .. import i18n
 from ..models import Event
 
 PROTOCOL_VERSION = 1
@@ -39,12 +40,17 @@ def encode(frame: dict[str, Any]) -> str:
     return text
 
 
-def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
+def notification(
+    event: Event, *, read: bool, replay: bool, language: str | None = None
+) -> dict[str, Any]:
+    """The ``notification`` frame of a stored event, in ``language`` when it has a
+    translation there (notifications/i18n.py)."""
+    text = i18n.pick(event.translations, language) if event.translations else None
     frame = {
         "type": "notification",
         "id": event.id,
-        "title": event.title,
-        "body": event.body,
+        "title": text["title"] if text else event.title,
+        "body": text["body"] if text else event.body,
         "url": event.url,
         "level": event.level,
         "topic": event.topic.slug if event.topic_id else None,
@@ -52,6 +58,9 @@ def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
         "created_at": event.created_at.isoformat(),
         "read": read,
         "replay": replay,
+        # Grouped events (notify(group_key=...), docs/client.md) also carry the key and
+        # who acted; other frames stay exactly as version 1 has them.
+        **(_grouping(event) if event.group_key else {}),
     }
     if event.target_content_type_id is not None:
         # Extension (docs/protocol.md): what the notification is about. get_for_id is cached
@@ -60,6 +69,20 @@ def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
         label = f"{target_type.app_label}.{target_type.model}"
         frame["target"] = {"type": label, "id": event.target_object_id}
     return frame
+
+
+def _grouping(event: Event) -> dict[str, Any]:
+    actor = event.actor if event.actor_id else None
+    return {"group_key": event.group_key, "actor": actor.get_username() if actor else None}
+
+
+# Protocol extensions a client may ask for with ``?ext=NAME`` (docs/client.md).
+EXTENSIONS = frozenset({"inbox"})
+
+
+def extensions(query: dict[str, list[str]]) -> frozenset[str]:
+    """The known extensions named in a parsed query string (unknown names are ignored)."""
+    return frozenset(name for name in query.get("ext", ())[:8] if name in EXTENSIONS)
 
 
 def with_ref(frame: dict[str, Any], ref: str | int | None) -> dict[str, Any]:

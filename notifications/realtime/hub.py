@@ -74,6 +74,12 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
     ]
 
 
+def _frame_for(by_language: dict[str, Frame], language: str | None, default: Frame) -> Frame:
+    if not language:
+        return default
+    return by_language.get(language) or by_language.get(language.split("-")[0]) or default
+
+
 def _message_of(event: Any, users: list[int], groups: list[int]) -> dict:
     try:
         return messages.of_event(event, users=users, groups=groups)
@@ -105,6 +111,7 @@ def load_replay(
     topic_id: int | None = None,
     channels: Iterable[str] = (),
     channel: str | None = None,
+    language: str | None = None,
 ) -> list[tuple[int, str, bool]]:
     """(id, encoded frame, is a notification) of the events :func:`selectors.replay`
     returns, oldest first, each marked ``replay`` and with the user's read state
@@ -123,17 +130,19 @@ def load_replay(
         channels=allowed,
         channel=channel,
     )
-    return [_replay_frame(event) for event in events]
+    return [_replay_frame(event, language) for event in events]
 
 
-def _replay_frame(event: Any) -> tuple[int, str, bool]:
+def _replay_frame(event: Any, language: str | None = None) -> tuple[int, str, bool]:
     """(id, text, True) for a replayed ``notification``; (id, text of an ``error`` frame
     with the code ``unencodable``, False) for a stored row that cannot be encoded, which is
     skipped (logged) so that it never blocks anyone's resume."""
     try:
         return (
             event.id,
-            frames.encode(frames.notification(event, read=event.is_read, replay=True)),
+            frames.encode(
+                frames.notification(event, read=event.is_read, replay=True, language=language)
+            ),
             True,
         )
     except frames.Unencodable as exc:
@@ -300,7 +309,7 @@ class Hub:
         self._layer = get_channel_layer(notifications_settings.CHANNEL_LAYER)
         self._channel: str | None = None
         self._gc: GcPolicy | None = None
-        self._public_replays: dict[tuple[int, int, int], asyncio.Future] = {}
+        self._public_replays: dict[tuple[int, int, int, str | None], asyncio.Future] = {}
 
     # Life cycle -----------------------------------------------------------------------------
 
@@ -443,17 +452,17 @@ class Hub:
             _discard(self.by_channel, name, conn)
 
     async def public_replay(
-        self, *, after: int, upto: int, limit: int
+        self, *, after: int, upto: int, limit: int, language: str | None = None
     ) -> list[tuple[int, str, bool]]:
         """:func:`load_replay` for an anonymous socket without topics (announcements to
         everyone only), read once for all the sockets that ask for the same range at about
         the same time (every client resuming after a restart or a network blip asks for the
         same one). A sent event does not change, so sharing is exact."""
-        key = (after, upto, limit)
+        key = (after, upto, limit, language)
         shared = self._public_replays.get(key)
         if shared is None:
             read = database_sync_to_async(load_replay)(
-                AnonymousUser(), after=after, upto=upto, limit=limit
+                AnonymousUser(), after=after, upto=upto, limit=limit, language=language
             )
             if len(self._public_replays) >= PUBLIC_REPLAY_ENTRIES:
                 return await read
@@ -532,6 +541,10 @@ class Hub:
             await self._reload_members(message["users"])
         elif kind == messages.SESSION_ENDED:
             await self._close_sessions(set(message["sessions"]))
+        elif kind == messages.USER_FRAME:
+            await self._send_to_user(
+                message["user"], message["frame"], message.get("exclude"), message["ext"]
+            )
         elif kind == messages.TOPIC_ACCESS:
             self._topic_access(message["topic"], message["public"])
 
@@ -677,12 +690,18 @@ class Hub:
             return  # expired before it could go out (a late scheduled send, a slow layer)
         if message["reach"] == Reach.EVERYONE:
             self.newest_public = event_id
+        translated = message.get("translated")
+        # Each language's frame was encoded once, by the sender (notifications/i18n.py).
+        by_language = (
+            {code: Frame(text) for code, text in translated.items()} if translated else None
+        )
         targets = self._targets(message, users)
         for conn in targets:
+            chosen = frame if by_language is None else _frame_for(by_language, conn.language, frame)
             try:
                 # The hot path writes at once; only a paused or ASGI-only socket is awaited.
-                if not conn.offer(event_id, frame):
-                    await conn.deliver(event_id, frame)
+                if not conn.offer(event_id, chosen):
+                    await conn.deliver(event_id, chosen)
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
         metrics.fanned_out(len(targets), message.get("committed_at"))  # once per event
@@ -708,6 +727,16 @@ class Hub:
         frame = Frame(frames.encode({"type": "unread", "count": count}))
         for conn in list(self.by_user.get(user_id, ())):
             if conn.id != exclude:
+                await conn.send_control(frame)
+
+    async def _send_to_user(
+        self, user_id: int, text: str, exclude: str | None, extension: str
+    ) -> None:
+        """A control frame of a protocol extension (inbox state, preferences) for one user's
+        sockets in this process that asked for that extension."""
+        frame = Frame(text)
+        for conn in list(self.by_user.get(user_id, ())):
+            if conn.id != exclude and extension in conn.extensions:
                 await conn.send_control(frame)
 
     async def _reload_members(self, user_ids: list[int]) -> None:

@@ -23,6 +23,8 @@ MEMBERSHIP = "notifications.membership"
 SESSION_ENDED = "notifications.session_ended"
 PUSH = "notifications.push"
 TOPIC_ACCESS = "notifications.topic_access"
+# A pre-encoded frame for every connection of one user (inbox state, preferences).
+USER_FRAME = "notifications.user_frame"
 
 
 def event(
@@ -63,7 +65,7 @@ def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dic
     the hub's database reads): its live frame encoded once, and its audience."""
     from . import frames
 
-    return event(
+    message = event(
         event_id=stored.id,
         frame=frames.encode(frames.notification(stored, read=False, replay=False)),
         reach=stored.reach,
@@ -74,6 +76,15 @@ def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dic
         channel=stored.channel or None,
         expires=stored.expires_at.timestamp() if stored.expires_at is not None else None,
     )
+    if stored.translations:
+        # One encode per language the text differs in (notifications/i18n.py).
+        message["translated"] = {
+            code: frames.encode(
+                frames.notification(stored, read=False, replay=False, language=code)
+            )
+            for code in stored.translations
+        }
+    return message
 
 
 def events(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -122,3 +133,9 @@ def push(
         "channel": channel,
         "exclude": exclude,
     }
+
+
+def user_frame(*, user_id: int, frame: str, exclude: str | None, ext: str) -> dict[str, Any]:
+    """``frame`` (encoded once) for every connection of ``user_id`` but ``exclude`` that
+    asked for the protocol extension ``ext``."""
+    return {"type": USER_FRAME, "user": user_id, "frame": frame, "exclude": exclude, "ext": ext}

@@ -11,9 +11,11 @@ from typing import Any
 
 from django import template
 from django.contrib.auth.models import AnonymousUser
+from django.middleware.csrf import get_token
 from django.urls import reverse
 
-from ..selectors import stream_cursor, unread_count
+from ..selectors import preferences_of, stream_cursor, unread_count, unseen_count
+from ..services import preferences_frame
 
 register = template.Library()
 
@@ -45,6 +47,18 @@ def _page_state(context: template.Context) -> dict[str, Any]:
         "user": user.get_username() if user.is_authenticated else None,
         "inbox": reverse("notifications:inbox") if user.is_authenticated else None,
     }
+    if user.is_authenticated:
+        # What the feed and the toasts start from (docs/client.md): the new-items count and
+        # the stored preferences; the CSRF token for the JSON inbox API's writes.
+        prefs = preferences_frame(preferences_of(user))
+        del prefs["type"]
+        state.update(
+            unseen=unseen_count(user),
+            preferences=prefs,
+            language=prefs["language"] or None,
+            preferences_url=reverse("notifications:preferences"),
+            csrf=get_token(request) if request is not None else None,
+        )
     if request is not None:
         setattr(request, _REQUEST_CACHE, state)
     return state
@@ -61,6 +75,12 @@ def notifications_client(context: template.Context) -> dict[str, Any]:
             "unread": state["unread"],
             "user": state["user"],
             "inbox": state["inbox"],
+            "sse": reverse("notifications:stream"),
+            **{
+                key: state[key]
+                for key in ("unseen", "preferences", "preferences_url", "csrf", "language")
+                if key in state
+            },
         }
     }
 

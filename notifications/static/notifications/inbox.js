@@ -155,6 +155,17 @@ function setup(inbox) {
       // The `unread` frame carries no ids, so rows can only follow when nothing is unread.
       if (count === 0) for (const row of list.querySelectorAll(".nt-row.unread")) markRowRead(row);
     });
+    // The inbox extension names the ids another tab (or the feed) marked read.
+    client.addEventListener("read_state", (event) => {
+      const { ids, read, through } = event.detail;
+      if (read === false) return; // the row's form is gone; a reload shows it unread again
+      for (const row of list.querySelectorAll(".nt-row.unread")) {
+        const id = Number(row.dataset.eventId);
+        if ((Array.isArray(ids) && ids.includes(id)) || (Number.isSafeInteger(through) && id <= through)) {
+          markRowRead(row);
+        }
+      }
+    });
     client.addEventListener("reload-needed", () => {
       showNotice([
         "Some notifications could not be delivered live. ",

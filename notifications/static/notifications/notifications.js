@@ -15,6 +15,9 @@
  * therefore loses nothing and, with the id check below, shows nothing twice.
  */
 
+import { bindFeed } from "./feed.js";
+import { leaderRemote, workerRemote } from "./share.js";
+
 const SUBPROTOCOL = "notifications.v1";
 const LEVELS = new Set(["info", "success", "warning", "error"]);
 const STATE_LABELS = {
@@ -35,11 +38,22 @@ const DEFAULTS = {
   pongTimeout: 10000, // ms to wait for any frame after a ping before giving the socket up
   connectTimeout: 15000, // ms to wait for `hello` after opening a socket
   requestTimeout: 10000, // ms to wait for the answer to markRead() and friends
+  // Server-Sent Events fallback (where a proxy refuses WebSocket upgrades):
+  wsFailuresBeforeFallback: 2, // WebSocket attempts in a row that die before `hello`
+  wsRetryAfter: 300000, // ms on SSE before trying WebSocket again
 };
+// Frames of the inbox extension (`?ext=inbox`, docs/client.md), each re-emitted as an event.
+const EXTENSION_FRAMES = new Set(["read_state", "seen", "archived", "preferences"]);
 
 function defaultUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws/notifications/`;
+}
+
+/** The ids of a list that are non-negative safe integers, or null if any is not. */
+function toIds(ids) {
+  const list = Array.from(ids ?? [], Number);
+  return list.every((id) => Number.isSafeInteger(id) && id >= 0) ? list : null;
 }
 
 /** A non-negative integer, or null. */
@@ -83,6 +97,11 @@ export class NotificationError extends Error {
  *   error-frame    the error frame
  *   frame          every frame received, before the specific event
  *   disconnect     {code, reason}     the socket closed (a reconnect may follow)
+ *   read_state / seen / archived / preferences   the inbox extension's frames (docs/client.md)
+ *   transport      {transport}        "websocket" | "sse" (the fallback) | "shared"
+ *
+ * With `options.remote`, the client opens no connection itself: it mirrors one that a
+ * SharedWorker or the leader tab holds (share.js), processing the same frames the same way.
  */
 export class NotificationClient extends EventTarget {
   #url;
@@ -103,11 +122,20 @@ export class NotificationClient extends EventTarget {
   #replaying = false;
   #attempt = 0;
   #lastReceived = 0;
-  #timers = { reconnect: null, idle: null, deadline: null, stable: null };
+  #timers = { reconnect: null, idle: null, deadline: null, stable: null, retryWs: null };
   #pending = new Map();
   #nextRef = 1;
   #topics = new Set();
   #windowListeners = null;
+  #remote = null; // {attach(client, info), send(frame), detach()} when another context connects
+  #transport = "websocket";
+  #wsFailures = 0;
+  #sse = null;
+  #sseUrl;
+  #extensions;
+  #language;
+  #api;
+  #csrf;
 
   /**
    * @param {object} [options]
@@ -126,7 +154,14 @@ export class NotificationClient extends EventTarget {
     this.#unread = toCount(options.unread);
     this.#user = options.user ?? null;
     this.desktop = Boolean(options.desktop);
-    this.#options = { ...DEFAULTS };
+    this.#remote = options.remote ?? null;
+    if (this.#remote) this.#transport = "shared";
+    this.#sseUrl = options.sseUrl || "/sse/notifications/";
+    this.#api = options.api || "/api/v1/inbox";
+    this.#csrf = options.csrf ?? null;
+    this.#extensions = Array.isArray(options.extensions) ? options.extensions : ["inbox"];
+    this.#language = typeof options.language === "string" ? options.language : null;
+    this.#options = { ...DEFAULTS, noFallback: options.fallback === false };
     for (const key of Object.keys(DEFAULTS)) {
       if (Number.isFinite(options[key]) && options[key] >= 0) this.#options[key] = options[key];
     }
@@ -161,6 +196,16 @@ export class NotificationClient extends EventTarget {
     return this.#user;
   }
 
+  /** "websocket", "sse" (the fallback) or "shared" (mirroring another context's connection). */
+  get transport() {
+    return this.#transport;
+  }
+
+  /** The options this client was made with that a relay needs to open the same connection. */
+  get connectionOptions() {
+    return { url: this.#url, sseUrl: this.#sseUrl, extensions: this.#extensions, language: this.#language };
+  }
+
   /** True between `hello` and `replayed` of a connection that resumed from a cursor. */
   get replaying() {
     return this.#replaying;
@@ -170,19 +215,41 @@ export class NotificationClient extends EventTarget {
   start() {
     if (!this.#stopped) return;
     this.#stopped = false;
+    if (this.#remote) {
+      this.#setState("connecting");
+      this.#remote.attach(this, { cursor: this.#cursor, unread: this.#unread, user: this.#user });
+      return;
+    }
     this.#listenToWindow();
     this.#connect("connecting");
+  }
+
+  /** A message from the context that holds the connection (share.js); remote mode only. */
+  receiveRemote(message) {
+    if (!this.#remote || this.#stopped || !message) return;
+    if (message.type === "state") {
+      this.#setState(message.state);
+      if (message.state !== "open") this.#replaying = false;
+    } else if (message.type === "frame") {
+      this.#sentCursor = message.resumed ? this.#cursor : null;
+      this.#receive(message.frame);
+    }
   }
 
   /** Close the connection for good (until start() is called again). */
   stop() {
     if (this.#stopped) return;
     this.#stopped = true;
+    if (this.#remote) {
+      this.#remote.detach(this);
+      this.#setState("closed");
+      return;
+    }
     this.#unlistenToWindow();
     clearTimeout(this.#timers.reconnect);
     this.#timers.reconnect = null;
     const ws = this.#ws;
-    this.#dropSocket();
+    this.#dropSocket(); // closes an event stream too
     if (ws) {
       try {
         ws.close(1000, "client stopped");
@@ -198,6 +265,10 @@ export class NotificationClient extends EventTarget {
     if (!frame || typeof frame !== "object" || typeof frame.type !== "string") {
       throw new TypeError("a frame is an object with a string `type`");
     }
+    if (this.#remote) {
+      if (this.#state !== "open") return false;
+      return this.#remote.send(frame) !== false;
+    }
     const ws = this.#ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(JSON.stringify(frame));
@@ -206,11 +277,56 @@ export class NotificationClient extends EventTarget {
 
   /** Mark events read. Resolves with the `unread` answer; rejects when not connected. */
   markRead(ids) {
-    const list = Array.from(ids ?? [], Number);
-    if (!list.every((id) => Number.isSafeInteger(id) && id >= 0)) {
-      return Promise.reject(new TypeError("ids must be non-negative integers"));
-    }
+    const list = toIds(ids);
+    if (list === null) return Promise.reject(new TypeError("ids must be non-negative integers"));
     return this.#request({ type: "read", ids: list });
+  }
+
+  /**
+   * A call of the JSON inbox API (`/api/v1/inbox` + path) with the session and CSRF token.
+   * Resolves with the decoded answer; rejects with a NotificationError (code from the body).
+   */
+  async api(path = "", { method = "GET", body = undefined, query = undefined } = {}) {
+    const url = new URL(this.#api + path, location.href);
+    for (const [key, value] of Object.entries(query ?? {})) {
+      if (value !== null && value !== undefined && value !== false) url.searchParams.set(key, String(value));
+    }
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method !== "GET" && this.#csrf) headers["X-CSRFToken"] = this.#csrf;
+    const response = await fetch(url.href, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = answer.error ?? {};
+      throw new NotificationError(error.code ?? `http_${response.status}`, error.message ?? response.statusText, answer);
+    }
+    if (Number.isSafeInteger(answer.unread) && this.#unread !== null) this.#setUnread(answer.unread, null);
+    return answer;
+  }
+
+  /** Mark events unread again (also ones read by "mark all read"). Resolves with `{unread}`. */
+  markUnread(ids) {
+    const list = toIds(ids);
+    if (list === null) return Promise.reject(new TypeError("ids must be non-negative integers"));
+    return this.api("/unread", { method: "POST", body: { ids: list } });
+  }
+
+  /** Archive events (out of the feed, still in the inbox history; also marks them read). */
+  archive(ids, { archived = true } = {}) {
+    const list = toIds(ids);
+    if (list === null) return Promise.reject(new TypeError("ids must be non-negative integers"));
+    return this.api(archived ? "/archive" : "/unarchive", { method: "POST", body: { ids: list } });
+  }
+
+  /** The feed was shown up to `through` (default: the newest event): clears "new". */
+  markSeen(through = null) {
+    const body = toCount(through) === null ? {} : { through };
+    return this.api("/seen", { method: "POST", body });
   }
 
   /** Mark everything read. Resolves with the `unread` answer. */
@@ -243,18 +359,15 @@ export class NotificationClient extends EventTarget {
 
   #connect(state) {
     this.#setState(state);
+    if (this.#transport === "sse") {
+      this.#connectSse();
+      return;
+    }
     const url = new URL(this.#url, location.href);
     // Relative or http(s) URLs: the WebSocket constructor of older browsers wants ws(s).
     if (url.protocol === "http:") url.protocol = "ws:";
     if (url.protocol === "https:") url.protocol = "wss:";
-    this.#sentCursor = this.#cursor;
-    if (this.#sentCursor !== null) url.searchParams.set("cursor", String(this.#sentCursor));
-    else url.searchParams.delete("cursor");
-    // An anonymous visitor's topics last for one connection: name them on connect so that
-    // the server follows them before it replays, and the replay covers them in id order.
-    // (A signed-in user's are stored by the server.)
-    url.searchParams.delete("topic");
-    if (this.#user === null) for (const topic of this.#topics) url.searchParams.append("topic", topic);
+    this.#setQuery(url);
 
     let ws;
     try {
@@ -269,14 +382,84 @@ export class NotificationClient extends EventTarget {
     this.#ws = ws;
     this.#helloCursor = null;
     this.#replaying = false;
-    ws.onmessage = (event) => this.#onMessage(ws, event);
+    ws.onmessage = (event) => {
+      if (ws === this.#ws) this.#receive(event.data);
+    };
     ws.onclose = (event) => this.#onClose(ws, event);
     // A socket can hang in the handshake (a dead server, a captive portal): give it a deadline.
     this.#timers.deadline = setTimeout(() => this.#giveUp(ws), this.#options.connectTimeout);
   }
 
+  /** Cursor, topics and extensions in the query of a WebSocket or SSE URL. */
+  #setQuery(url) {
+    this.#sentCursor = this.#cursor;
+    if (this.#sentCursor !== null) url.searchParams.set("cursor", String(this.#sentCursor));
+    else url.searchParams.delete("cursor");
+    // An anonymous visitor's topics last for one connection: name them on connect so that
+    // the server follows them before it replays, and the replay covers them in id order.
+    // (A signed-in user's are stored by the server.)
+    url.searchParams.delete("topic");
+    if (this.#user === null) for (const topic of this.#topics) url.searchParams.append("topic", topic);
+    url.searchParams.delete("ext");
+    for (const name of this.#extensions) url.searchParams.append("ext", name);
+    // The user's language preference; without it the server reads Accept-Language.
+    if (this.#language) url.searchParams.set("lang", this.#language);
+    else url.searchParams.delete("lang");
+  }
+
+  /** The fallback: the same frames as `data:` lines of an EventSource (docs/client.md). */
+  #connectSse() {
+    const url = new URL(this.#sseUrl, location.href);
+    this.#setQuery(url);
+    let source;
+    try {
+      source = new EventSource(url.href, { withCredentials: true });
+    } catch (error) {
+      console.error("notifications: cannot open", url.href, error);
+      this.#transport = "websocket";
+      this.#scheduleReconnect();
+      return;
+    }
+    this.#sse = source;
+    this.#helloCursor = null;
+    this.#replaying = false;
+    source.onmessage = (event) => {
+      if (source === this.#sse) this.#receive(event.data);
+    };
+    // EventSource retries by itself, without our cursor: close it and reconnect our way.
+    source.onerror = () => {
+      if (source !== this.#sse) return;
+      this.#dropSocket();
+      this.#emit("disconnect", { code: 0, reason: "event stream failed" });
+      if (!this.#stopped) this.#scheduleReconnect();
+    };
+    this.#timers.deadline = setTimeout(() => this.#giveUp(null), this.#options.connectTimeout);
+  }
+
+  /** Whether to move to SSE after a WebSocket that closed before `hello`. */
+  #countWsFailure(gotHello) {
+    if (this.#transport !== "websocket") return;
+    this.#wsFailures = gotHello ? 0 : this.#wsFailures + 1;
+    if (
+      this.#options.noFallback ||
+      typeof EventSource !== "function" ||
+      this.#wsFailures < this.#options.wsFailuresBeforeFallback
+    ) {
+      return;
+    }
+    this.#setTransport("sse");
+    this.#attempt = 0;
+  }
+
+  #setTransport(transport) {
+    if (transport === this.#transport) return;
+    this.#transport = transport;
+    this.#emit("transport", { transport });
+  }
+
   #onClose(ws, event) {
     if (ws !== this.#ws) return;
+    this.#countWsFailure(this.#helloCursor !== null);
     this.#dropSocket();
     this.#emit("disconnect", { code: event.code, reason: event.reason });
     if (this.#stopped) this.#setState("closed");
@@ -285,12 +468,19 @@ export class NotificationClient extends EventTarget {
 
   /** Abandon a socket that stopped answering: do not wait for its closing handshake. */
   #giveUp(ws) {
-    if (ws !== this.#ws) return;
-    this.#dropSocket();
-    try {
-      ws.close(4000, "keepalive timeout");
-    } catch {
-      // already closing
+    if (ws === null) {
+      // The event stream: nothing came in time.
+      if (!this.#sse) return;
+      this.#dropSocket();
+    } else {
+      if (ws !== this.#ws) return;
+      this.#countWsFailure(this.#helloCursor !== null);
+      this.#dropSocket();
+      try {
+        ws.close(4000, "keepalive timeout");
+      } catch {
+        // already closing
+      }
     }
     this.#emit("disconnect", { code: 4000, reason: "keepalive timeout" });
     if (!this.#stopped) this.#scheduleReconnect();
@@ -304,6 +494,14 @@ export class NotificationClient extends EventTarget {
       ws.onclose = null;
     }
     this.#ws = null;
+    if (this.#sse) {
+      this.#sse.onmessage = null;
+      this.#sse.onerror = null;
+      this.#sse.close();
+      this.#sse = null;
+    }
+    clearTimeout(this.#timers.retryWs);
+    this.#timers.retryWs = null;
     this.#replaying = false;
     for (const key of ["idle", "deadline", "stable"]) {
       clearTimeout(this.#timers[key]);
@@ -351,6 +549,7 @@ export class NotificationClient extends EventTarget {
   }
 
   #listenToWindow() {
+    if (typeof window === "undefined") return; // in a SharedWorker: no window to watch
     const wake = () => this.#wake();
     const onVisibility = () => {
       if (!document.hidden) this.#wake();
@@ -396,15 +595,17 @@ export class NotificationClient extends EventTarget {
 
   // Frames -------------------------------------------------------------------------------
 
-  #onMessage(ws, event) {
-    if (ws !== this.#ws) return;
-    this.#touch();
-    let frame;
-    try {
-      frame = JSON.parse(event.data);
-    } catch {
-      console.warn("notifications: ignoring a frame that is not JSON");
-      return;
+  /** One frame from the connection (text) or from the context that holds it (an object). */
+  #receive(data) {
+    if (!this.#remote) this.#touch();
+    let frame = data;
+    if (typeof data === "string") {
+      try {
+        frame = JSON.parse(data);
+      } catch {
+        console.warn("notifications: ignoring a frame that is not JSON");
+        return;
+      }
     }
     if (!frame || typeof frame !== "object" || typeof frame.type !== "string") return;
     this.#emit("frame", frame);
@@ -429,7 +630,9 @@ export class NotificationClient extends EventTarget {
         this.#emit("error-frame", frame);
         break;
       default:
-        break; // pong, and frame types added after version 1
+        // The inbox extension's frames; pong, and frame types added later, are ignored.
+        if (EXTENSION_FRAMES.has(frame.type)) this.#emit(frame.type, frame);
+        break;
     }
     this.#answer(frame);
   }
@@ -449,6 +652,17 @@ export class NotificationClient extends EventTarget {
     this.#timers.stable = setTimeout(() => {
       this.#attempt = 0;
     }, this.#options.stableAfter);
+    if (this.#transport === "sse" && !this.#remote) {
+      // Try WebSocket again later: the proxy may have been fixed, or the network changed.
+      clearTimeout(this.#timers.retryWs);
+      this.#timers.retryWs = setTimeout(() => {
+        if (!this.#sse) return;
+        this.#dropSocket();
+        this.#setTransport("websocket");
+        this.#wsFailures = this.#options.wsFailuresBeforeFallback - 1; // one failure: SSE again
+        this.#connect("reconnecting");
+      }, this.#options.wsRetryAfter);
+    }
     this.#setState("open");
     this.#emit("hello", frame);
     this.#setUnread(frame.unread === null ? null : toCount(frame.unread), frame, { force: true });
@@ -495,6 +709,11 @@ export class NotificationClient extends EventTarget {
   // Requests: frames whose answer carries the same `ref`.
 
   #request(frame) {
+    if (this.#transport === "sse" && this.#sse && (frame.type === "read" || frame.type === "read_all")) {
+      // An event stream carries nothing upstream: reads go over the JSON API.
+      const body = frame.type === "read" ? { ids: frame.ids } : { all: true };
+      return this.api("/read", { method: "POST", body }).then((answer) => ({ type: "unread", count: answer.unread }));
+    }
     const ref = `c${this.#nextRef++}`;
     return new Promise((resolve, reject) => {
       if (!this.send({ ...frame, ref })) {
@@ -547,6 +766,44 @@ function writeStorage(storage, key, value) {
 }
 
 const desktopSupported = () => typeof window.Notification === "function";
+
+const MAX_ACTIONS = 3;
+
+/**
+ * The action buttons a notification asks for in `data.actions` ([{label, url}], docs/client.md):
+ * at most three, each with a non-empty label of at most 40 characters and an http(s) or
+ * relative url. Anything else is left out.
+ */
+export function toastActions(data) {
+  const actions = data && Array.isArray(data.actions) ? data.actions : [];
+  const valid = [];
+  for (const action of actions) {
+    if (!action || typeof action !== "object" || typeof action.label !== "string") continue;
+    const label = action.label.trim();
+    const href = safeHref(action.url);
+    if (!label || label.length > 40 || !href) continue;
+    valid.push({ label, href });
+    if (valid.length === MAX_ACTIONS) break;
+  }
+  return valid;
+}
+
+/** Whether the user's preferences let this notification interrupt as `kind` (toast/desktop). */
+export function wants(preferences, frame, kind) {
+  if (!preferences) return true;
+  if (frame.topic && (preferences.muted_topics ?? []).includes(frame.topic)) return false;
+  const levels = preferences[`${kind}_levels`];
+  return !Array.isArray(levels) || levels.includes(frame.level);
+}
+
+/** Mark read (when it is an unread notification), then follow the link: a toast's click. */
+async function openNotification(client, id, href) {
+  if (id !== null && client.unread !== null) {
+    // Wait for the mark a little, so the page we go to counts it; never block navigation.
+    await Promise.race([client.markRead([id]).catch(() => null), new Promise((r) => setTimeout(r, 1500))]);
+  }
+  if (href) location.assign(href);
+}
 
 /** Whether the user opted in to desktop notifications in this browser. */
 export function desktopPreference() {
@@ -607,7 +864,27 @@ export function bindUI(client, { inboxUrl = null, toastTimeout = 6000, maxToasts
     return element;
   };
 
-  const showToast = ({ id = null, level = "info", title, body = "", url = "", linkText = "Open" }) => {
+  // Toasts sit below the site header, never over it (its bell, state and sign-out stay
+  // usable): their top follows the header's bottom edge while the page scrolls.
+  const header = document.querySelector("[data-notifications-header]") ?? document.querySelector("body > header, header");
+  let placed = false;
+  const place = () => {
+    placed = false;
+    const stack = document.querySelector("[data-notifications-toasts]");
+    if (!stack || !header) return;
+    const bottom = Math.max(0, header.getBoundingClientRect().bottom);
+    stack.style.setProperty("--nt-toast-top", `${Math.round(bottom) + 8}px`);
+  };
+  const schedulePlace = () => {
+    if (!placed) {
+      placed = true;
+      requestAnimationFrame(place);
+    }
+  };
+  on(window, "scroll", schedulePlace);
+  on(window, "resize", schedulePlace);
+
+  const showToast = ({ id = null, level = "info", title, body = "", url = "", linkText = "Open", data = null, read = true }) => {
     const kind = LEVELS.has(level) ? level : "info";
     const toast = h("div", {
       class: `nt-toast nt-toast--${kind}`,
@@ -617,10 +894,42 @@ export function bindUI(client, { inboxUrl = null, toastTimeout = 6000, maxToasts
       "data-level": kind,
     });
     const content = h("div", { class: "nt-toast__content" });
-    content.append(h("p", { class: "nt-toast__title" }, title));
-    if (body) content.append(h("p", { class: "nt-toast__body" }, body));
     const href = safeHref(url);
-    if (href) content.append(h("a", { class: "nt-toast__link", href }, linkText));
+    const titleLine = h("p", { class: "nt-toast__title" });
+    if (id !== null && (href || read === false)) {
+      // The title opens the notification and marks it read (a button when there is no link).
+      const opener = href
+        ? h("a", { class: "nt-toast__open", href }, title)
+        : h("button", { class: "nt-toast__open", type: "button" }, title);
+      opener.addEventListener("click", (event) => {
+        if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+        event.preventDefault();
+        dismiss();
+        openNotification(client, id, href);
+      });
+      titleLine.append(opener);
+    } else {
+      titleLine.textContent = title;
+    }
+    content.append(titleLine);
+    if (body) content.append(h("p", { class: "nt-toast__body" }, body));
+    const actions = id === null ? [] : toastActions(data);
+    if (actions.length) {
+      const row = h("div", { class: "nt-toast__actions" });
+      for (const action of actions) {
+        const link = h("a", { class: "nt-toast__action", href: action.href }, action.label);
+        link.addEventListener("click", (event) => {
+          if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+          event.preventDefault();
+          dismiss();
+          openNotification(client, id, action.href);
+        });
+        row.append(link);
+      }
+      content.append(row);
+    } else if (href && id === null) {
+      content.append(h("a", { class: "nt-toast__link", href }, linkText));
+    }
     const close = h("button", {
       class: "nt-toast__close",
       type: "button",
@@ -662,6 +971,7 @@ export function bindUI(client, { inboxUrl = null, toastTimeout = 6000, maxToasts
     });
 
     const stack = container();
+    place();
     stack.prepend(toast); // newest on top
     while (stack.children.length > maxToasts) stack.lastElementChild.remove();
     if (document.hidden) {
@@ -677,8 +987,10 @@ export function bindUI(client, { inboxUrl = null, toastTimeout = 6000, maxToasts
     return toast;
   };
 
-  const showDesktop = ({ id = null, title, body = "", url = "" }) => {
+  const showDesktop = (frame) => {
+    const { id = null, title, body = "", url = "" } = frame;
     if (!client.desktop || !document.hidden || !desktopSupported()) return;
+    if (id !== null && !wants(client.preferences, frame, "desktop")) return;
     if (Notification.permission !== "granted") return;
     try {
       // The tag makes the system replace, not stack, the copies other hidden tabs show.
@@ -695,7 +1007,7 @@ export function bindUI(client, { inboxUrl = null, toastTimeout = 6000, maxToasts
   };
 
   const present = (frame) => {
-    showToast(frame);
+    if (frame.id === undefined || wants(client.preferences, frame, "toast")) showToast(frame);
     showDesktop(frame);
   };
 
@@ -844,20 +1156,64 @@ export function autostart(overrides = {}) {
       console.error("notifications: the config is not valid JSON", error);
     }
   }
-  const client = new NotificationClient({
+  // What the connection needs, wherever it is held (this tab, a SharedWorker, the leader tab).
+  const connection = {
     url: config.url || undefined,
+    sseUrl: config.sse || undefined,
+    csrf: config.csrf ?? null,
+    language: config.language ?? null,
+    ...(window.notificationsOptions ?? {}),
+  };
+  const client = new NotificationClient({
+    ...connection,
     cursor: config.cursor,
     unread: config.unread,
     user: config.user ?? null,
     desktop: desktopPreference(),
+    remote: shareConnection(config.share ?? "auto", connection),
     ...overrides,
   });
+  client.preferences = config.preferences ?? null;
+  client.addEventListener("preferences", (event) => {
+    const { muted_topics, toast_levels, desktop_levels } = event.detail;
+    client.preferences = { muted_topics, toast_levels, desktop_levels };
+  });
   bindUI(client, { inboxUrl: config.inbox ?? null });
+  if (config.user) {
+    bindFeed(client, {
+      inboxUrl: config.inbox ?? null,
+      preferencesUrl: config.preferences_url ?? null,
+      unseen: config.unseen ?? 0,
+    });
+  }
   window.notifications = client;
   // Announce before starting, so listeners are in place before the first frame.
   document.dispatchEvent(new CustomEvent("notifications:ready", { detail: { client } }));
   client.start();
   return client;
+}
+
+/**
+ * Where this tab's connection lives: `"auto"` (a SharedWorker where there is one, else leader
+ * election over BroadcastChannel and Web Locks, else this tab), `"worker"`, `"leader"` or
+ * `"none"` (one connection per tab). Returns the remote for NotificationClient, or null.
+ */
+function shareConnection(mode, connection) {
+  try {
+    if ((mode === "auto" || mode === "worker") && typeof SharedWorker === "function") {
+      return workerRemote(new URL("./worker.js", import.meta.url), connection);
+    }
+    if (
+      (mode === "auto" || mode === "leader") &&
+      typeof BroadcastChannel === "function" &&
+      navigator.locks?.request
+    ) {
+      return leaderRemote(connection);
+    }
+  } catch (error) {
+    console.warn("notifications: cannot share the connection; this tab opens its own", error);
+  }
+  return null;
 }
 
 function autostartFromPage() {
