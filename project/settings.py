@@ -153,6 +153,10 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The languages the site offers. Notifications with lazy translation strings are rendered once
+# per language listed here (NOTIFICATIONS["LANGUAGES"] defaults to these codes): leaving
+# Django's default of ~100 languages would render and carry ~100 versions of each.
+LANGUAGES = [("en", "English"), ("de", "Deutsch"), ("fr", "Français")]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
