@@ -326,6 +326,9 @@ async def _apply(world: World, op: tuple) -> None:
         if via == "update":  # no signal: only the periodic check can see it
             await db(User.objects.filter(pk=user.pk).update)(**{name: value})
         else:
+            # A fresh copy: earlier update()s changed other flags in the database, and saving
+            # a stale object would silently put them back.
+            user = await db(User.objects.get)(pk=user.pk)
             setattr(user, name, value)
             await db(user.save)()
         setattr(policy.users[u], {"is_staff": "staff"}.get(name, name[3:]), value)
