@@ -60,6 +60,16 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # Seconds between each server process's looks for broadcasts due to be sent (scheduled
+    # ones and "send now"); a due broadcast goes out within about this long.
+    "SCHEDULER_INTERVAL": 0.5,
+    # Seconds after which a broadcast claimed by a process that never finished sending it
+    # (the process died) may be claimed again. The send itself is one transaction.
+    "SEND_CLAIM_TIMEOUT": 60.0,
+    # Seconds between each server process's presence reports (presence.snapshot()).
+    "PRESENCE_INTERVAL": 2.0,
+    # Seconds after which a process that stopped reporting drops out of presence.
+    "PRESENCE_TTL": 5.0,
 }
 
 

@@ -145,6 +145,7 @@ def notify(
     actor: AbstractBaseUser | None = None,
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
+    track_delivery: bool = False,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
 
@@ -152,8 +153,10 @@ def notify(
     ``"everyone"`` (anonymous visitors included) or an :class:`~notifications.Audience`.
     Returns the stored event (``id``, ``recipient_count``). The same ``idempotency_key``
     within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
-    ``expires_at`` the event is no longer delivered, replayed or counted as unread. Raises
-    ``ValueError`` for bad arguments; nothing is stored then.
+    ``expires_at`` the event is no longer delivered, replayed or counted as unread. With
+    ``track_delivery`` every server process reports how many it delivered live (used by
+    broadcasts, see broadcasting.record_live_delivery). Raises ``ValueError`` for bad
+    arguments; nothing is stored then.
     """
     audience = resolve(recipients)
     data = _validate(title, body, level, data)
@@ -210,6 +213,7 @@ def notify(
                 users=audience.users,
                 groups=audience.groups,
                 topic_id=label.pk if audience.topic is not None and label else None,
+                track=track_delivery,
             )
         )
         transaction.on_commit(
@@ -407,9 +411,14 @@ def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Even
             level=locked.level,
             actor=by,
             expires_at=locked.expires_at,
+            track_delivery=True,
         )
         Broadcast.objects.filter(pk=locked.pk).update(
-            sent_at=timezone.now(), sent_by=by, event=event
+            sent_at=timezone.now(),
+            sent_by=by,
+            event=event,
+            status=Broadcast.Status.SENT,
+            failure_reason="",
         )
     broadcast.refresh_from_db()
     return event

@@ -12,5 +12,9 @@ django_http = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from notifications.realtime.routing import websocket_application  # noqa: E402
+from notifications.realtime.startup import StartHub  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_http, "websocket": websocket_application})
+# StartHub: the first request starts the hub and with it the broadcast sender (docs/admin.md).
+application = ProtocolTypeRouter(
+    {"http": StartHub(django_http), "websocket": websocket_application}
+)

@@ -35,7 +35,7 @@ from ..audiences import Membership, membership_of
 from ..compiled import CompiledQuery
 from ..conf import notifications_settings
 from ..models import Reach, Recipient
-from . import frames, messages
+from . import frames, messages, scheduler
 from .connection import Connection
 from .gcpolicy import GcPolicy
 from .transport import Frame
@@ -239,6 +239,7 @@ class Hub:
             self._tasks.append(asyncio.ensure_future(self._renew_group_forever()))
         self._tasks.append(asyncio.ensure_future(self._poll_forever()))
         self._tasks.append(asyncio.ensure_future(self._check_sessions_forever()))
+        self._tasks.extend(scheduler.start(self))  # broadcast sender, presence reports
         if notifications_settings.GC_FREEZE_INTERVAL is not None:
             self._gc = GcPolicy(
                 notifications_settings.GC_FREEZE_INTERVAL,
@@ -535,13 +536,16 @@ class Hub:
         event_id, frame = message["id"], Frame(message["frame"])
         if message["reach"] == Reach.EVERYONE:
             self.newest_public = event_id
-        for conn in self._targets(message, users):
+        targets = self._targets(message, users)
+        for conn in targets:
             try:
                 # The hot path writes at once; only a paused or ASGI-only socket is awaited.
                 if not conn.offer(event_id, frame):
                     await conn.deliver(event_id, frame)
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
+        if message.get("track"):  # a broadcast: its follow-up counts live deliveries
+            scheduler.count_delivery(event_id, list(targets))
 
     # Control messages -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ def event(
     groups: Sequence[int],
     topic_id: int | None,
     max_inline: int | None = None,
+    track: bool = False,
 ) -> dict[str, Any]:
     from ..conf import notifications_settings
 
@@ -40,6 +41,8 @@ def event(
         "users": list(users) if len(users) <= limit else None,
         "groups": list(groups),
         "topic": topic_id,
+        # Each hub reports how many it delivered live (a broadcast's follow-up); optional.
+        "track": track,
     }
 
 

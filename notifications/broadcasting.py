@@ -1,0 +1,221 @@
+"""Writes of a broadcast's life: schedule, send now, cancel, duplicate, test, background send.
+
+Every send goes through the background sender: "send now" is a schedule for now, so the admin
+request that sends to 100,000 users only updates one row and returns. Each server process runs
+:func:`send_due` every ``SCHEDULER_INTERVAL`` (realtime/scheduler.py). A due broadcast is
+claimed with one conditional UPDATE (the status and claim time it was read with), so exactly
+one process wins it, on SQLite and PostgreSQL alike, however many processes look; the winner
+sends it through :func:`services.send_broadcast` on behalf of ``scheduled_by``, whose
+permission is checked again then. A refusal marks the broadcast failed, with the reason, and
+writes it to the admin log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import services
+from .conf import notifications_settings
+from .models import TITLE_MAX_LENGTH, Broadcast, Event
+
+logger = logging.getLogger(__name__)
+
+Status = Broadcast.Status
+# States a broadcast can still be edited and sent from.
+EDITABLE = (Status.DRAFT, Status.FAILED)
+
+
+class BroadcastStateError(ValueError):
+    """The broadcast is not in a state that allows this (already sent, not scheduled...)."""
+
+
+def admin_log(broadcast: Broadcast, user: AbstractBaseUser | None, message: str) -> None:
+    """Record ``message`` about ``broadcast`` in Django's admin log, as ``user``."""
+    user = user or broadcast.scheduled_by or broadcast.created_by
+    if user is None:  # the log needs a user; the broadcast's authors were all deleted
+        logger.warning("broadcast %s: %s", broadcast.pk, message)
+        return
+    LogEntry.objects.log_actions(
+        user.pk,
+        Broadcast.objects.filter(pk=broadcast.pk),
+        CHANGE,
+        change_message=message,
+        single_object=True,
+    )
+
+
+def schedule(
+    broadcast: Broadcast, *, by: AbstractBaseUser, at: datetime | None = None
+) -> Broadcast:
+    """Queue ``broadcast`` to be sent at ``at`` (now when None) on behalf of ``by``.
+
+    Raises ``PermissionDenied`` unless ``by`` may send broadcasts, ``ValueError`` if its
+    audience names nobody, :class:`BroadcastStateError` unless it is a draft or failed.
+    """
+    services.check_may_send(by)
+    services.broadcast_audience(broadcast)  # ValueError for an empty audience, before queuing
+    when = at or timezone.now()
+    if timezone.is_naive(when):
+        raise ValueError("the send time must be an aware datetime")
+    queued = Broadcast.objects.filter(pk=broadcast.pk, status__in=EDITABLE).update(
+        status=Status.SCHEDULED,
+        send_at=when,
+        scheduled_by=by,
+        claimed_at=None,
+        failure_reason="",
+    )
+    broadcast.refresh_from_db()
+    if not queued:
+        raise BroadcastStateError(f"it is {broadcast.get_status_display().lower()}")
+    return broadcast
+
+
+def send_now(broadcast: Broadcast, *, by: AbstractBaseUser) -> Broadcast:
+    """Hand ``broadcast`` to the background sender at once (see the module docstring)."""
+    return schedule(broadcast, by=by, at=timezone.now())
+
+
+def cancel(broadcast: Broadcast) -> bool:
+    """Take a scheduled broadcast back to a draft; False if it was not scheduled any more
+    (a process has claimed it, or it went out)."""
+    cancelled = Broadcast.objects.filter(pk=broadcast.pk, status=Status.SCHEDULED).update(
+        status=Status.DRAFT, scheduled_by=None
+    )
+    broadcast.refresh_from_db()
+    return bool(cancelled)
+
+
+def duplicate(broadcast: Broadcast, *, by: AbstractBaseUser) -> Broadcast:
+    """A new draft with the same message and audience, authored by ``by``."""
+    with transaction.atomic():
+        copy = Broadcast.objects.create(
+            title=broadcast.title,
+            body=broadcast.body,
+            url=broadcast.url,
+            level=broadcast.level,
+            audience=broadcast.audience,
+            topic=broadcast.topic,
+            permission=broadcast.permission,
+            created_by=by,
+        )
+        copy.groups.set(broadcast.groups.all())
+        through = Broadcast.users.through
+        through.objects.bulk_create(
+            [
+                through(broadcast_id=copy.pk, user_id=user_id)
+                for user_id in broadcast.users.values_list("pk", flat=True).iterator()
+            ],
+            batch_size=1000,
+        )
+    return copy
+
+
+def send_test(
+    user: AbstractBaseUser, *, title: str, body: str = "", url: str = "", level: str = "info"
+) -> Event:
+    """Send the message to ``user`` alone, marked as a test; no broadcast records it.
+
+    Raises ``PermissionDenied`` unless ``user`` may send broadcasts, ``ValueError`` for
+    content that could not be sent.
+    """
+    services.check_may_send(user)
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("title is required")
+    return services.notify(
+        user,
+        f"[Test] {title}"[:TITLE_MAX_LENGTH],
+        body=body,
+        url=url,
+        level=level,
+        data={"test": True},
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    broadcast_id: int
+    sent: bool
+    detail: str
+
+
+def _claim(now: datetime) -> list[int]:
+    """Claim the due broadcasts for this process (one conditional UPDATE each)."""
+    stale = now - timedelta(seconds=notifications_settings.SEND_CLAIM_TIMEOUT)
+    due = Broadcast.objects.filter(
+        Q(status=Status.SCHEDULED, send_at__lte=now)
+        # Claimed by a process that died before its send committed (the send is atomic,
+        # so nothing went out): take it again.
+        | Q(status=Status.SENDING, claimed_at__lt=stale, sent_at__isnull=True)
+    ).order_by("send_at")
+    claimed = []
+    for pk, status, claimed_at in due.values_list("pk", "status", "claimed_at")[:20]:
+        won = Broadcast.objects.filter(pk=pk, status=status, claimed_at=claimed_at).update(
+            status=Status.SENDING, claimed_at=now
+        )
+        if won:
+            claimed.append(pk)
+    return claimed
+
+
+def _fail(broadcast: Broadcast, reason: str) -> None:
+    Broadcast.objects.filter(pk=broadcast.pk, status=Status.SENDING).update(
+        status=Status.FAILED, failure_reason=reason
+    )
+    admin_log(broadcast, broadcast.scheduled_by, f"Not sent: {reason}")
+    logger.warning("broadcast %s not sent: %s", broadcast.pk, reason)
+
+
+def send_claimed(pk: int) -> Outcome:
+    """Send one broadcast this process claimed, on behalf of its ``scheduled_by``."""
+    broadcast = Broadcast.objects.select_related("scheduled_by", "created_by").get(pk=pk)
+    by = broadcast.scheduled_by
+    try:
+        with transaction.atomic():  # the log entry commits with the send
+            event = services.send_broadcast(broadcast, by=by)
+            admin_log(broadcast, by, f"Sent to {event.recipient_count} recipients.")
+    except PermissionDenied:
+        who = by.get_username() if by is not None else "nobody (the user was deleted)"
+        reason = (
+            f"sent on behalf of {who}, who does not have the permission "
+            f"{services.SEND_BROADCAST_PERMISSION} (any more)"
+        )
+        _fail(broadcast, reason)
+        return Outcome(pk, False, reason)
+    except ValueError as exc:
+        _fail(broadcast, str(exc))
+        return Outcome(pk, False, str(exc))
+    return Outcome(pk, True, f"sent to {event.recipient_count} recipients")
+
+
+def send_due(*, now: datetime | None = None) -> list[Outcome]:
+    """Claim and send every broadcast due by ``now``; what happened to each one claimed.
+
+    Safe to call from any number of processes at once: each broadcast is sent by one.
+    """
+    outcomes = []
+    for pk in _claim(now or timezone.now()):
+        try:
+            outcomes.append(send_claimed(pk))
+        except Exception:
+            # The database went away mid-send: the claim goes stale and is taken again.
+            logger.exception("sending broadcast %s failed; it will be retried", pk)
+    return outcomes
+
+
+def record_live_delivery(event_id: int, *, users: int, anonymous: int, connections: int) -> None:
+    """Add one process's live delivery of a broadcast's event to its follow-up counts."""
+    Broadcast.objects.filter(event_id=event_id).update(
+        delivered_users=F("delivered_users") + users,
+        delivered_anonymous=F("delivered_anonymous") + anonymous,
+        delivered_connections=F("delivered_connections") + connections,
+        delivery_reports=F("delivery_reports") + 1,
+    )

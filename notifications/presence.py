@@ -1,0 +1,181 @@
+"""Who is online now, across server processes (PROTOCOL.md, "Presence").
+
+Each server process reports its open connections every ``PRESENCE_INTERVAL`` seconds
+(realtime/scheduler.py). A report lives ``PRESENCE_TTL`` seconds, so the connections of a
+process that dies drop out within that time. Reports go where every process of the site can
+read them:
+
+- Redis, when the channel layer is channels_redis: one key per process with an expiry, plus a
+  set naming the processes (``notifications:presence:*``);
+- otherwise the database: one :class:`~notifications.models.PresenceProcess` row per process,
+  ignored once older than the TTL.
+
+:func:`snapshot` answers from any process, ``manage.py shell`` included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from .conf import notifications_settings
+
+__all__ = ["ProcessReport", "process_id", "processes", "snapshot"]
+
+REDIS_PREFIX = "notifications:presence:"
+REDIS_INDEX = REDIS_PREFIX + "processes"
+
+# Unique per process (a pid alone repeats across machines and restarts).
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def process_id() -> str:
+    """The name this process reports its connections under."""
+    return _PROCESS
+
+
+@dataclass
+class ProcessReport:
+    """One process's open connections."""
+
+    process: str
+    users: list[int] = field(default_factory=list)
+    anonymous: int = 0
+    connections: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "process": self.process,
+                "users": self.users,
+                "anonymous": self.anonymous,
+                "connections": self.connections,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ProcessReport:
+        data = json.loads(text)
+        return cls(
+            process=str(data["process"]),
+            users=[int(uid) for uid in data.get("users", [])],
+            anonymous=int(data.get("anonymous", 0)),
+            connections=int(data.get("connections", 0)),
+        )
+
+
+def redis_url() -> str | None:
+    """The Redis the channel layer uses, or None (in-memory layer: use the database)."""
+    layer = settings.CHANNEL_LAYERS.get(notifications_settings.CHANNEL_LAYER, {})
+    if not str(layer.get("BACKEND", "")).startswith("channels_redis"):
+        return None
+    hosts = layer.get("CONFIG", {}).get("hosts") or ["redis://127.0.0.1:6379"]
+    host = hosts[0]
+    if isinstance(host, dict):
+        host = host.get("address", "redis://127.0.0.1:6379")
+    if isinstance(host, (tuple, list)):
+        return f"redis://{host[0]}:{host[1]}"
+    return str(host)
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def _redis() -> Any:
+    import redis
+
+    url = redis_url()
+    assert url is not None
+    client = _redis_clients.get(url)
+    if client is None:
+        client = _redis_clients[url] = redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2
+        )
+    return client
+
+
+def _ttl() -> float:
+    return float(notifications_settings.PRESENCE_TTL)
+
+
+def report(state: ProcessReport) -> None:
+    """Store this process's report (called by the server's presence loop)."""
+    if redis_url() is not None:
+        client = _redis()
+        pipe = client.pipeline()
+        pipe.set(REDIS_PREFIX + state.process, state.to_json(), px=int(_ttl() * 1000))
+        pipe.sadd(REDIS_INDEX, state.process)
+        pipe.execute()
+        return
+    from .models import PresenceProcess
+
+    PresenceProcess.objects.update_or_create(
+        process=state.process,
+        defaults={
+            "users": state.users,
+            "anonymous": state.anonymous,
+            "connections": state.connections,
+            "updated_at": timezone.now(),
+        },
+    )
+
+
+def withdraw(process: str) -> None:
+    """Forget a process's report (it stops)."""
+    if redis_url() is not None:
+        client = _redis()
+        client.delete(REDIS_PREFIX + process)
+        client.srem(REDIS_INDEX, process)
+        return
+    from .models import PresenceProcess
+
+    PresenceProcess.objects.filter(process=process).delete()
+
+
+def processes() -> list[ProcessReport]:
+    """The live reports of every server process, by process name."""
+    if redis_url() is not None:
+        client = _redis()
+        names = sorted(name.decode() for name in client.smembers(REDIS_INDEX))
+        if not names:
+            return []
+        values = client.mget([REDIS_PREFIX + name for name in names])
+        gone = [name for name, value in zip(names, values, strict=True) if value is None]
+        if gone:  # expired: the process stopped reporting
+            client.srem(REDIS_INDEX, *gone)
+        return [ProcessReport.from_json(value) for value in values if value is not None]
+    from .models import PresenceProcess
+
+    fresh_after = timezone.now() - timedelta(seconds=_ttl())
+    rows = PresenceProcess.objects.filter(updated_at__gte=fresh_after).order_by("process")
+    # Rows of processes long gone are removed by whoever reads (a crash leaves one behind).
+    PresenceProcess.objects.filter(updated_at__lt=fresh_after - timedelta(minutes=10)).delete()
+    return [
+        ProcessReport(
+            process=row.process,
+            users=[int(uid) for uid in row.users],
+            anonymous=row.anonymous,
+            connections=row.connections,
+        )
+        for row in rows
+    ]
+
+
+def snapshot() -> dict[str, Any]:
+    """``{"users": [ids online, each once], "anonymous": n, "connections": n}`` over every
+    server process of the site, at most ``PRESENCE_TTL`` seconds stale."""
+    reports = processes()
+    users = sorted({uid for report in reports for uid in report.users})
+    return {
+        "users": users,
+        "anonymous": sum(report.anonymous for report in reports),
+        "connections": sum(report.connections for report in reports),
+    }
