@@ -1,0 +1,115 @@
+"""Scheduled broadcasts go out from the running server itself, on time and exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async as db
+from django.db import connection
+from django.utils import timezone
+from websockets.asyncio.client import connect as ws_connect
+
+from notifications import broadcasting
+from notifications.models import Broadcast, Event
+
+from .server import ServerProcess
+from .support import require_service
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.server]
+
+
+async def _hello(ws) -> dict:
+    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert frame["type"] == "hello"
+    return frame
+
+
+def _schedule(author, title: str, at) -> Broadcast:
+    broadcast = Broadcast.objects.create(title=title, created_by=author)
+    return broadcasting.schedule(broadcast, by=author, at=at)
+
+
+async def test_scheduled_broadcast_goes_out_within_2_s_from_the_real_server(amake_user):
+    author = await amake_user("author", is_staff=True, is_superuser=True)
+    with ServerProcess() as server:
+        async with ws_connect(server.ws_url, origin=server.origin) as ws:
+            await _hello(ws)  # the server's hub (and its sender) runs from here on
+            send_at = timezone.now() + timedelta(seconds=1.5)
+            await db(_schedule)(author, "On time", send_at)
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 6))
+            arrived = timezone.now()
+    assert frame["type"] == "notification" and frame["title"] == "On time"
+    assert send_at <= arrived < send_at + timedelta(seconds=2), arrived - send_at
+    broadcast = await db(Broadcast.objects.get)()
+    assert broadcast.status == Broadcast.Status.SENT and broadcast.sent_at >= send_at
+    # The server's hub counted its live delivery to the anonymous connection.
+    deadline = time.monotonic() + 5
+    while broadcast.delivery_reports == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        await db(broadcast.refresh_from_db)()
+    assert (broadcast.delivered_anonymous, broadcast.delivered_connections) == (1, 1)
+
+
+async def test_a_request_starts_the_sender_without_any_socket(amake_user):
+    """`make run` with only the admin open: an HTTP request starts the hub and its sender."""
+    author = await amake_user("author", is_staff=True, is_superuser=True)
+    with ServerProcess() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await db(_schedule)(author, "Nobody connected", timezone.now())
+        deadline = time.monotonic() + 5
+        while not await db(Event.objects.exists)():
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            await asyncio.sleep(0.05)
+    broadcast = await db(Broadcast.objects.get)()
+    assert broadcast.status == Broadcast.Status.SENT
+
+
+async def _exactly_once_with_two_servers(author, count: int = 6) -> None:
+    with ServerProcess() as first, ServerProcess() as second:
+        async with (
+            ws_connect(first.ws_url, origin=first.origin) as a,
+            ws_connect(second.ws_url, origin=second.origin) as b,
+        ):
+            await _hello(a)
+            await _hello(b)
+            send_at = timezone.now() + timedelta(seconds=1)
+            for i in range(count):
+                await db(_schedule)(author, f"Once {i}", send_at)
+            received = {}
+            for name, ws in (("a", a), ("b", b)):
+                frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(count)]
+                received[name] = sorted(frame["title"] for frame in frames)
+                # Nothing more: no broadcast went out twice.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 1.5)
+        logs = first.output() + second.output()
+    expected = sorted(f"Once {i}" for i in range(count))
+    assert received == {"a": expected, "b": expected}
+    assert await db(Event.objects.count)() == count
+    statuses = await db(lambda: set(Broadcast.objects.values_list("status", flat=True)))()
+    assert statuses == {"sent"}
+    assert logs.count(": sent to 1 recipients") == count, logs[-3000:]
+
+
+async def test_exactly_once_with_two_server_processes_on_sqlite(amake_user):
+    if connection.vendor != "sqlite":
+        pytest.skip("the SQLite run of this test; the PostgreSQL one is marked postgres")
+    await _exactly_once_with_two_servers(await amake_user("author", is_superuser=True))
+
+
+@pytest.mark.postgres
+async def test_exactly_once_with_two_server_processes_on_postgres(amake_user):
+    require_service(
+        "postgres",
+        connection.vendor == "postgresql",
+        "runs on PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
+    )
+    await _exactly_once_with_two_servers(await amake_user("author", is_superuser=True))
