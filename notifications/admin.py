@@ -67,4 +67,4 @@ class EventAdmin(admin.ModelAdmin):
 
 
 # The broadcast console (compose, schedule, follow-up) has its own module.
-from . import broadcast_admin  # noqa: E402, F401
+from . import broadcast_admin, presence_admin  # noqa: E402, F401
