@@ -78,5 +78,7 @@ class PresenceAdmin(admin.ModelAdmin):
             "title": "Online now",
             "data": presence_page_data(),
             "interval_ms": int(notifications_settings.PRESENCE_INTERVAL * 1000),
+            "interval_seconds": f"{notifications_settings.PRESENCE_INTERVAL:g}",
+            "shown_limit": SHOWN_USERS,
         }
         return TemplateResponse(request, "admin/notifications/presence.html", context)
