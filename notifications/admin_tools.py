@@ -19,14 +19,15 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.models import ADDITION, LogEntry
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from . import presence, services
-from .models import TITLE_MAX_LENGTH, Level
+from . import broadcasting, presence, services
+from .models import TITLE_MAX_LENGTH, Broadcast, Level
 
 # The user ids online, read once per changelist page (not once per row).
 _online: ContextVar[set[int] | None] = ContextVar("notifications_online", default=None)
@@ -49,31 +50,35 @@ class NotifyForm(forms.Form):
 def notify_selected_users(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
 ) -> HttpResponse | None:
-    """Ask for a message, then ``notify()`` the selected users (or the users the selected
-    objects point at through ``notify_users_field``); logged in the admin log."""
+    """Ask for a message, then send it to the selected users (or the users the selected
+    objects point at through ``notify_users_field``) as a broadcast to those users, handed to
+    the background sender; logged in the admin log."""
     field = getattr(modeladmin, "notify_users_field", None)
     users = get_user_model()._default_manager.filter(
         pk__in=queryset.values(field) if field else queryset.values("pk"), is_active=True
     )
     form = NotifyForm(request.POST if "apply" in request.POST else None)
     if "apply" in request.POST and form.is_valid():
-        services.check_may_send(request.user)
-        event = services.notify(
-            users,
-            form.cleaned_data["title"],
-            body=form.cleaned_data["body"],
-            url=form.cleaned_data["url"],
-            level=form.cleaned_data["level"],
-            actor=request.user,
-        )
+        # A broadcast to the named users, sent in the background: selecting "all 100,000"
+        # must not hold the request (PRODUCT.md), and its follow-up page counts the reads.
+        try:
+            broadcast = broadcasting.notify_users(users, by=request.user, **form.cleaned_data)
+        except (ValueError, PermissionDenied) as exc:
+            modeladmin.message_user(request, f"Nobody was notified: {exc}", messages.ERROR)
+            return None
+        count = len(broadcast.pending_users or ())
         LogEntry.objects.log_actions(
             request.user.pk,
-            queryset,
-            CHANGE,
-            change_message=f"Notified: “{event.title}” (event {event.id}).",
+            Broadcast.objects.filter(pk=broadcast.pk),
+            ADDITION,
+            change_message=f"Notify selected users ({modeladmin.model._meta.verbose_name_plural}"
+            f"): {count} users; sent now (handed to the background sender).",
+            single_object=True,
         )
         modeladmin.message_user(
-            request, f"Notified {event.recipient_count} users: “{event.title}”.", messages.SUCCESS
+            request,
+            f"Sending “{broadcast.title}” to {count} users (broadcast #{broadcast.pk}).",
+            messages.SUCCESS,
         )
         return None
     context = {

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from . import services
@@ -53,6 +54,20 @@ def admin_log(broadcast: Broadcast, user: AbstractBaseUser | None, message: str)
     )
 
 
+def _check_audience(broadcast: Broadcast) -> None:
+    """``ValueError`` for an audience that names nobody, before queuing (cheaply: a list of
+    100,000 named users is not loaded for that)."""
+    kind = broadcast.audience
+    if kind == Broadcast.Audience.USERS:
+        if not broadcast.pending_users and not broadcast.users.exists():
+            raise ValueError("choose at least one of the users")
+    elif kind == Broadcast.Audience.GROUPS:
+        if not broadcast.groups.exists():
+            raise ValueError("choose at least one of the groups")
+    else:
+        services.broadcast_audience(broadcast)
+
+
 def schedule(
     broadcast: Broadcast, *, by: AbstractBaseUser, at: datetime | None = None
 ) -> Broadcast:
@@ -62,7 +77,7 @@ def schedule(
     audience names nobody, :class:`BroadcastStateError` unless it is a draft or failed.
     """
     services.check_may_send(by)
-    services.broadcast_audience(broadcast)  # ValueError for an empty audience, before queuing
+    _check_audience(broadcast)
     when = at or timezone.now()
     if timezone.is_naive(when):
         raise ValueError("the send time must be an aware datetime")
@@ -105,6 +120,7 @@ def duplicate(broadcast: Broadcast, *, by: AbstractBaseUser) -> Broadcast:
             audience=broadcast.audience,
             topic=broadcast.topic,
             permission=broadcast.permission,
+            pending_users=broadcast.pending_users,
             created_by=by,
         )
         copy.groups.set(broadcast.groups.all())
@@ -138,6 +154,51 @@ def send_test(
         level=level,
         data={"test": True},
     )
+
+
+def _add_pending_users(broadcast: Broadcast) -> None:
+    """Turn the ids stored by :func:`notify_users` into the broadcast's ``users`` (in the
+    background sender, where 100,000 rows may take a second)."""
+    ids = broadcast.pending_users or []
+    through = Broadcast.users.through
+    known = get_user_model()._default_manager.filter(pk__in=ids).values_list("pk", flat=True)
+    through.objects.bulk_create(
+        [through(broadcast_id=broadcast.pk, user_id=uid) for uid in known.iterator(2000)],
+        batch_size=5000,
+        ignore_conflicts=True,
+    )
+    Broadcast.objects.filter(pk=broadcast.pk).update(pending_users=None)
+    broadcast.pending_users = None
+
+
+def notify_users(
+    users: QuerySet,
+    *,
+    by: AbstractBaseUser,
+    title: str,
+    body: str = "",
+    url: str = "",
+    level: str = "info",
+) -> Broadcast:
+    """Send a message to these users through a new broadcast (its follow-up counts reads),
+    handed to the background sender like "send now". Raises ``PermissionDenied`` unless
+    ``by`` may send broadcasts, ``ValueError`` when ``users`` is empty."""
+    services.check_may_send(by)
+    ids = list(users.filter(is_active=True).order_by().values_list("pk", flat=True))
+    if not ids:
+        raise ValueError("none of the selected users is active")
+    with transaction.atomic():
+        broadcast = Broadcast.objects.create(
+            title=title,
+            body=body,
+            url=url,
+            level=level,
+            audience=Broadcast.Audience.USERS,
+            created_by=by,
+            pending_users=ids,
+        )
+        send_now(broadcast, by=by)
+    return broadcast
 
 
 @dataclass(frozen=True)
@@ -180,6 +241,8 @@ def send_claimed(pk: int) -> Outcome:
     by = broadcast.scheduled_by
     try:
         with transaction.atomic():  # the log entry commits with the send
+            if broadcast.pending_users:
+                _add_pending_users(broadcast)
             event = services.send_broadcast(broadcast, by=by)
             admin_log(broadcast, by, f"Sent to {event.recipient_count} recipients.")
     except PermissionDenied:

@@ -280,6 +280,12 @@ class Broadcast(models.Model):
         null=True, blank=True, help_text="When a server process took this broadcast to send it."
     )
     failure_reason = models.TextField(blank=True)
+    pending_users = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Ids of users still to be added to `users` by the background sender: a "
+        "selection of 100,000 users is stored as one value in the request, not 100,000 rows.",
+    )
     # Delivered live: what the hubs wrote when the event went out, added up over processes.
     delivered_users = models.PositiveIntegerField(default=0)
     delivered_anonymous = models.PositiveIntegerField(default=0)

@@ -363,7 +363,8 @@ def broadcast_audience(broadcast: Broadcast) -> Audience:
     if kind == Broadcast.Audience.GROUPS:
         audience = Audience(groups=broadcast.groups.all())
     elif kind == Broadcast.Audience.USERS:
-        audience = Audience(users=broadcast.users.all())
+        # Ids, not user objects: a broadcast may name 100,000 users.
+        audience = Audience(users=broadcast.users.values_list("pk", flat=True))
     elif kind == Broadcast.Audience.TOPIC:
         if broadcast.topic is None:
             raise ValueError("choose a topic")

@@ -18,8 +18,8 @@ from django.test import override_settings
 from django.utils import timezone
 from websockets.asyncio.client import connect as ws_connect
 
-from notifications import presence
-from notifications.models import Event, PresenceProcess
+from notifications import broadcasting, presence
+from notifications.models import Broadcast, Event, PresenceProcess
 
 from .faultkit import RedisServer, redis_layers, wait_until
 from .server import ServerProcess
@@ -189,10 +189,20 @@ def test_notify_selected_users_action(client, make_user):
         {**selection, "apply": "1", "title": "Hello", "body": "there", "level": "success"},
         follow=True,
     )
-    assert "Notified 2 users: “Hello”." in [str(m) for m in response.context["messages"]]
+    broadcast = Broadcast.objects.get()
+    assert f"Sending “Hello” to 2 users (broadcast #{broadcast.pk})." in [
+        str(m) for m in response.context["messages"]
+    ]
+    # Handed to the background sender, as a broadcast to those users (with its follow-up).
+    assert broadcast.status == Broadcast.Status.SCHEDULED and Event.objects.count() == 0
+    [outcome] = broadcasting.send_due()
+    assert outcome.sent
     event = Event.objects.get()
     assert sorted(event.recipients.values_list("user_id", flat=True)) == [alice.pk, bob.pk]
-    assert LogEntry.objects.filter(change_message__startswith="Notified: “Hello”").count() == 2
+    assert (event.title, event.body, event.level) == ("Hello", "there", "success")
+    assert LogEntry.objects.filter(
+        object_id=str(broadcast.pk), change_message__startswith="Notify selected users (users)"
+    ).exists()
 
 
 def test_notify_selected_users_needs_the_send_permission(client, make_user):

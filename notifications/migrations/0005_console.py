@@ -71,6 +71,16 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="broadcast",
+            name="pending_users",
+            field=models.JSONField(
+                blank=True,
+                help_text="Ids of users still to be added to `users` by the background sender: a "
+                "selection of 100,000 users is stored as one value in the request, not 100,000 rows.",
+                null=True,
+            ),
+        ),
+        migrations.AddField(
+            model_name="broadcast",
             name="scheduled_by",
             field=models.ForeignKey(
                 blank=True,
