@@ -97,6 +97,20 @@ async def _exactly_once_with_two_servers(author, count: int = 6) -> None:
     statuses = await db(lambda: set(Broadcast.objects.values_list("status", flat=True)))()
     assert statuses == {"sent"}
     assert logs.count(": sent to 1 recipients") == count, logs[-3000:]
+    # Delivered live: each process counted its own socket, and the counts were added up.
+    deadline = time.monotonic() + 5
+    while True:
+        counts = await db(
+            lambda: set(
+                Broadcast.objects.values_list(
+                    "delivery_reports", "delivered_anonymous", "delivered_connections"
+                )
+            )
+        )()
+        if counts == {(2, 2, 2)} or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert counts == {(2, 2, 2)}
 
 
 async def test_exactly_once_with_two_server_processes_on_sqlite(amake_user):

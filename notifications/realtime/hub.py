@@ -34,7 +34,7 @@ from .. import selectors
 from ..audiences import Membership, membership_of
 from ..compiled import CompiledQuery
 from ..conf import notifications_settings
-from ..models import Reach, Recipient
+from ..models import Broadcast, Reach, Recipient
 from . import frames, messages, scheduler
 from .connection import Connection
 from .gcpolicy import GcPolicy
@@ -61,6 +61,12 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
         event_id__in=[event.id for event in events]
     ).values_list("event_id", "user_id"):
         recipients[event_id].append(user_id)
+    # Broadcasts' events count their live deliveries here too (no shared layer brought them).
+    tracked = set(
+        Broadcast.objects.filter(event_id__in=[event.id for event in events]).values_list(
+            "event_id", flat=True
+        )
+    )
     return [
         messages.event(
             event_id=event.id,
@@ -69,6 +75,7 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
             users=recipients.get(event.id, []),
             groups=[group.pk for group in event.groups.all()],
             topic_id=event.topic_id if event.to_topic else None,
+            track=event.id in tracked,
         )
         for event in events
     ]
