@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from .conf import notifications_settings
 
-__all__ = ["ProcessReport", "process_id", "processes", "snapshot"]
+__all__ = ["ProcessReport", "overview", "process_id", "processes", "snapshot"]
 
 REDIS_PREFIX = "notifications:presence:"
 REDIS_INDEX = REDIS_PREFIX + "processes"
@@ -178,4 +178,33 @@ def snapshot() -> dict[str, Any]:
         "users": users,
         "anonymous": sum(report.anonymous for report in reports),
         "connections": sum(report.connections for report in reports),
+    }
+
+
+def overview(*, limit: int = 500) -> dict[str, Any]:
+    """What the admin's *Online now* shows: totals, up to ``limit`` usernames online (sorted),
+    and each process's connections."""
+    from django.contrib.auth import get_user_model
+
+    reports = processes()
+    users = sorted({uid for report in reports for uid in report.users})
+    names = sorted(
+        user.get_username()
+        for user in get_user_model()._default_manager.filter(pk__in=users[:limit])
+    )
+    return {
+        "online_users": len(users),
+        "anonymous": sum(report.anonymous for report in reports),
+        "connections": sum(report.connections for report in reports),
+        "users": names,
+        "users_shown": len(names),
+        "processes": [
+            {
+                "process": report.process,
+                "connections": report.connections,
+                "users": len(report.users),
+                "anonymous": report.anonymous,
+            }
+            for report in reports
+        ],
     }

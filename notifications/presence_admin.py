@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
@@ -21,27 +20,8 @@ SHOWN_USERS = 500
 
 
 def presence_page_data() -> dict[str, Any]:
-    """What the page shows: totals, the first users online by username, each process."""
-    reports = presence.processes()
-    snap = presence.snapshot()
-    users = get_user_model()._default_manager.filter(pk__in=snap["users"][:SHOWN_USERS])
-    names = sorted(user.get_username() for user in users)
-    return {
-        "online_users": len(snap["users"]),
-        "anonymous": snap["anonymous"],
-        "connections": snap["connections"],
-        "users": names,
-        "users_shown": len(names),
-        "processes": [
-            {
-                "process": report.process,
-                "connections": report.connections,
-                "users": len(report.users),
-                "anonymous": report.anonymous,
-            }
-            for report in reports
-        ],
-    }
+    """What the page shows (also pushed to the page over the staff member's socket)."""
+    return presence.overview(limit=SHOWN_USERS)
 
 
 @admin.register(PresenceProcess)

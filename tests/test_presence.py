@@ -62,6 +62,48 @@ async def test_snapshot_of_the_hub_through_the_database(connect, amake_user, set
     assert snap == {"users": [alice.pk], "anonymous": 0, "connections": 1}
 
 
+async def test_staff_watch_presence_over_their_own_socket(connect, amake_user, settings):
+    settings.NOTIFICATIONS = FAST
+    root = await amake_user("root", is_staff=True, is_superuser=True)
+    alice = await amake_user("alice")
+    watcher = await connect(root)
+    await watcher.send({"type": "watch_presence", "ref": 7})
+    first = await watcher.expect("presence")
+    assert first["ref"] == 7 and set(first) == {
+        "type",
+        "ref",
+        "online_users",
+        "anonymous",
+        "connections",
+        "users",
+        "users_shown",
+        "processes",
+    }
+    await connect(alice)
+    # Pushed after this process's next reports, without asking again.
+    deadline = time.monotonic() + 5
+    while True:
+        frame = await watcher.expect("presence")
+        if frame["connections"] == 2:
+            break
+        assert time.monotonic() < deadline, frame
+    assert frame["users"] == ["alice", "root"] and frame["online_users"] == 2
+    assert [p["connections"] for p in frame["processes"]] == [2]
+
+
+async def test_watch_presence_is_for_staff_who_may_view_it(connect, amake_user):
+    staff = await amake_user("staff", is_staff=True)  # no view permission on presence
+    for sock in (await connect(staff), await connect(await amake_user("alice")), await connect()):
+        await sock.send({"type": "watch_presence", "ref": "p"})
+        assert await sock.expect("error") == {
+            "type": "error",
+            "code": "forbidden",
+            "message": "presence is for staff who may view it",
+            "ref": "p",
+        }
+        assert await sock.nothing(0.3)
+
+
 def test_stale_database_reports_drop_out(settings):
     settings.NOTIFICATIONS = FAST
     presence.report(presence.ProcessReport("alive", users=[1, 2], anonymous=1, connections=4))

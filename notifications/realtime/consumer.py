@@ -26,7 +26,7 @@ from django.contrib.auth.models import AnonymousUser
 from .. import selectors, services
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
-from . import frames
+from . import frames, presence_watch
 from .auth import authenticate, session_key_from
 from .connection import Connection
 from .frames import ClientFrame, FrameError
@@ -39,7 +39,9 @@ logger = logging.getLogger("notifications.realtime")
 CLOSE_TOO_LARGE = 1009
 CLOSE_FLOOD = 4429
 MAX_QUERY_TOPICS = 20
-HANDLED = frozenset({"ping", "resume", "subscribe", "unsubscribe", "read", "read_all"})
+HANDLED = frozenset(
+    {"ping", "resume", "subscribe", "unsubscribe", "read", "read_all", "watch_presence"}
+)
 
 
 class RateLimiter:
@@ -361,6 +363,14 @@ class NotificationConsumer:
             self.user, ids, origin=self.conn.id
         )
         await self.send_frame(frames.with_ref({"type": "unread", "count": count}, frame.ref))
+
+    async def on_watch_presence(self, frame: ClientFrame) -> None:
+        # Staff's live "Online now" page (realtime/presence_watch.py, docs/admin.md).
+        assert self.conn is not None
+        if not await database_sync_to_async(presence_watch.may_watch)(self.user):
+            raise FrameError("forbidden", "presence is for staff who may view it", frame.ref)
+        answer = await presence_watch.watch(self.hub, self.conn)
+        await self.send_frame(frames.with_ref(answer, frame.ref))
 
     async def on_read_all(self, frame: ClientFrame) -> None:
         assert self.conn is not None

@@ -19,6 +19,7 @@ from django.db import close_old_connections
 
 from .. import broadcasting, presence
 from ..conf import notifications_settings
+from . import presence_watch
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -78,6 +79,7 @@ async def report_presence_forever(hub: Hub) -> None:
         while True:
             try:
                 await _report(process_report(hub))
+                await presence_watch.push(hub)  # staff watching "Online now" live
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -132,6 +132,10 @@ def test_presence_page_updates_while_open(browser, site_server, signed_in, make_
     watch(staff, page_errors)
     staff.goto(site_server.origin + "/admin/")
     staff.locator("a", has_text="Online now").first.click()
+    # The page updates over the staff member's own socket (watch_presence).
+    expect(staff.locator("[data-presence-url]")).to_have_attribute(
+        "data-live", "socket", timeout=DEADLINE_MS
+    )
     online = staff.locator("[data-presence=users]")
     expect(online).to_contain_text("alice", timeout=DEADLINE_MS)
     anonymous = staff.locator("[data-presence=anonymous]")
@@ -139,7 +143,7 @@ def test_presence_page_updates_while_open(browser, site_server, signed_in, make_
     visitor = browser.new_context()
     try:
         open_home(visitor, site_server, page_errors)
-        # Without reloading the page: its periodic refresh shows the new connection.
+        # Without reloading the page: a pushed presence frame shows the new connection.
         expect(anonymous).to_have_text("1", timeout=DEADLINE_MS)
         expect(staff.locator("[data-presence=processes] tr")).to_have_count(1)
         staff.screenshot(path=str(DOCS / "screenshot-console-presence.png"), full_page=True)
