@@ -14,10 +14,14 @@ from .models import Event, Subscription, Topic
 
 
 class SubscriptionInline(admin.TabularInline):
+    """Users' own subscriptions. Not a grant: on a private topic one counts only while its
+    user may read the topic (a member, in one of its groups, or view_private_topics)."""
+
     model = Subscription
     extra = 0
     raw_id_fields = ["user"]
-    verbose_name = "subscribed user"
+    verbose_name = "subscriber (by their own choice)"
+    verbose_name_plural = "subscribers (by their own choice; not a grant on private topics)"
 
 
 @admin.register(Topic)
@@ -27,6 +31,7 @@ class TopicAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["groups"]
+    raw_id_fields = ["members"]
     inlines = [SubscriptionInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:

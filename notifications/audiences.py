@@ -1,24 +1,41 @@
-"""Who receives an event: resolving ``notify()``'s ``recipients`` and matching users to events.
+"""Who receives an event: the one audience rule, and ``notify()``'s ``recipients``.
 
-The same rule is written three times, and each must change with the others:
-:func:`visible_to` (a query: events a user may see, for the inbox and replay),
-:func:`audience_users` (a query: users an event reaches, for counts and read statistics) and
-the hub's in-memory matcher (``Hub._targets``, which reads the event message built in
-``services.notify`` and matches it against each socket's :class:`Membership`).
+The rule (docs/architecture.md, "Who may see what") is defined once, here, in three forms kept
+side by side:
+
+- the relations it is made of (:func:`holds_permission`, :func:`may_read_topic`,
+  :func:`follows_topic`, :func:`in_groups`), each one boolean expression over a user and an
+  object that either side may leave open (``OuterRef``), so the same definition serves both
+  database forms below;
+- the database forms: :func:`visible_to` (events a user may see: inbox, replay, unread counts)
+  and :func:`_reached_users` (users an audience reaches: recipient counts, read statistics);
+- the in-memory form: :class:`Membership` (loaded with :func:`membership_of` from the same
+  relations) and :func:`matches`, which ``Hub._targets`` implements with indexes.
+
+``tests/test_audience_rule.py`` checks with random users, groups, topics, grants and changes
+that every form agrees with the policy; ``tests/test_hub_rule.py`` that the hub's indexes
+agree with :func:`matches`.
+
+Access comes from grants only: being active, staff, a superuser, a group member, a topic
+member, or holding a permission, as they are *now*. A ``Subscription`` row is a wish to follow,
+never a grant: it counts only while the user may read the topic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
-from django.db.models import Exists, OuterRef, Q, QuerySet, Value
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, Value
+from django.utils import timezone
 
 from .compiled import CompiledQuery
 from .models import Event, Reach, Recipient, Subscription, Topic
+from .validation import check_id
 
 EVERYONE = "everyone"
 
@@ -65,19 +82,24 @@ class Audience:
 
 @dataclass
 class Membership:
-    """What the hub needs to know about a connected user to match events in memory."""
+    """What the hub needs to know about a connected user to match events in memory.
+
+    ``topic_ids`` are the topics the user follows (:func:`follows_topic`), ``permission_ids``
+    the permissions held directly or through a group (a superuser holds every permission)."""
 
     user_id: int | None
     is_staff: bool = False
+    is_superuser: bool = False
     group_ids: frozenset[int] = frozenset()
     topic_ids: frozenset[int] = frozenset()
+    permission_ids: frozenset[int] = frozenset()
 
 
 def _pk(obj: Any, kind: str) -> int:
     if isinstance(obj, bool):
         raise ValueError(f"not a {kind}: {obj!r}")
     if isinstance(obj, int):
-        return obj
+        return check_id(obj, kind)
     pk = getattr(obj, "pk", None)
     if pk is None:
         raise ValueError(f"not a saved {kind}: {obj!r}")
@@ -157,99 +179,258 @@ def resolve(recipients: Any) -> Audience:
     return audience
 
 
-def _active_users() -> QuerySet:
-    return get_user_model()._default_manager.filter(is_active=True)
+VIEW_PRIVATE_TOPICS = ("notifications", "view_private_topics")
+
+# A user, a topic or a permission in the relations below: a pk, or an OuterRef to one.
+Ref = int | OuterRef
 
 
-def users_of(audience: Audience) -> QuerySet:
-    """Active users an audience reaches (before the event exists)."""
-    users = _active_users()
-    if audience.reach in (Reach.EVERYONE, Reach.AUTHENTICATED):
-        return users
-    q = Q(pk__in=audience.users) if audience.users else Q(pk__in=[])
-    if audience.reach == Reach.STAFF:
-        q |= Q(is_staff=True)
-    if audience.groups:
-        q |= Q(groups__in=audience.groups)
-    if audience.topic is not None:
-        q |= Q(pk__in=Subscription.objects.filter(topic=audience.topic).values("user")) | Q(
-            groups__in=audience.topic.groups.all()
+def _users() -> QuerySet:
+    return get_user_model()._default_manager
+
+
+# The relations ------------------------------------------------------------------------------------
+
+
+def holds_permission(user: Ref, permission: Ref | Subquery) -> Q:
+    """``user`` holds ``permission``: as a superuser, directly, or through a group (what
+    ``user.has_perm`` answers with ModelBackend, for an active user)."""
+    user_model = get_user_model()
+    return Q(
+        Exists(_users().filter(pk=user, is_superuser=True))
+        | Exists(
+            user_model.user_permissions.through.objects.filter(
+                **{
+                    user_model.user_permissions.field.m2m_field_name(): user,
+                    "permission": permission,
+                }
+            )
         )
-    return users.filter(q).distinct()
-
-
-def audience_users(event: Event) -> QuerySet:
-    """Active users a stored event reaches now (group and topic membership as it is today)."""
-    users = _active_users()
-    if event.reach in (Reach.EVERYONE, Reach.AUTHENTICATED):
-        return users.filter(date_joined__lte=event.created_at)
-    q = Q(pk__in=Recipient.objects.filter(event=event).values("user"))
-    if event.reach == Reach.STAFF:
-        q |= Q(is_staff=True, date_joined__lte=event.created_at)
-    q |= Q(groups__in=event.groups.all())
-    if event.to_topic and event.topic_id:
-        q |= Q(pk__in=Subscription.objects.filter(topic_id=event.topic_id).values("user")) | Q(
-            groups__notification_topics=event.topic_id
-        )
-    return users.filter(q).distinct()
-
-
-def membership_of(user: AbstractBaseUser | AnonymousUser) -> Membership:
-    """Load what the realtime hub matches events against (one blocking query, compiled once:
-    every signed-in handshake runs it)."""
-    if not user.is_authenticated:
-        return Membership(user_id=None)
-    group_ids, topic_ids = set(), set()
-    for kind, pk in _MEMBERSHIP.rows((), user_id=user.pk):
-        (group_ids if kind == "g" else topic_ids).add(pk)
-    return Membership(
-        user_id=user.pk,
-        is_staff=user.is_staff,
-        group_ids=frozenset(group_ids),
-        topic_ids=frozenset(topic_ids),
+        | Exists(Group.permissions.through.objects.filter(group__user=user, permission=permission))
     )
 
 
-def _membership_query(shape: tuple, *, user_id: int) -> list[tuple[str, int]]:
-    """("g", group id) for the user's groups, ("t", topic id) for the topics it follows:
-    subscribed, or followed by one of its groups."""
-    groups = Group.objects.filter(user=user_id).order_by().values_list(Value("g"), "pk")
-    topics = (
-        Topic.objects.filter(Q(subscription__user=user_id) | Q(groups__user=user_id))
-        .order_by()
-        .values_list(Value("t"), "pk")
-        .distinct()
+def _view_private_topics() -> Subquery:
+    app_label, codename = VIEW_PRIVATE_TOPICS
+    return Subquery(
+        Permission.objects.filter(content_type__app_label=app_label, codename=codename).values(
+            "pk"
+        )[:1]
     )
-    return list(groups.union(topics, all=True))
 
 
-_MEMBERSHIP = CompiledQuery(_membership_query)
+def _topic_member(user: Ref, topic: Ref) -> Exists:
+    return Exists(Topic.members.through.objects.filter(user=user, topic=topic))
 
 
-def visible_to(user: AbstractBaseUser | AnonymousUser, *, extra_topic_ids: Iterable[int] = ()) -> Q:
-    """A filter on :class:`Event` for the events ``user`` may see.
+def _topic_via_group(user: Ref, topic: Ref) -> Exists:
+    return Exists(Topic.groups.through.objects.filter(topic=topic, group__user=user))
+
+
+def may_read_topic(user: Ref, topic: Ref) -> Q:
+    """``user`` (signed in) may read ``topic``: it is public, or the user is a member, in one
+    of its groups, or holds ``notifications.view_private_topics``."""
+    return Q(
+        Exists(Topic.objects.filter(pk=topic, is_public=True))
+        | _topic_member(user, topic)
+        | _topic_via_group(user, topic)
+        | holds_permission(user, _view_private_topics())
+    )
+
+
+def follows_topic(user: Ref, topic: Ref) -> Q:
+    """``user`` (signed in) follows ``topic``: as a member or through a group (both grants),
+    or by their own subscription while they may read it."""
+    subscribed = Exists(Subscription.objects.filter(user=user, topic=topic))
+    readable_without_grant = Exists(Topic.objects.filter(pk=topic, is_public=True)) | (
+        holds_permission(user, _view_private_topics())
+    )
+    return Q(
+        _topic_member(user, topic)
+        | _topic_via_group(user, topic)
+        | (subscribed & readable_without_grant)
+    )
+
+
+def in_groups(user: Ref, groups: Any) -> Exists:
+    """``user`` belongs to one of ``groups`` (ids, or a query of group ids)."""
+    return Exists(Group.objects.filter(user=user, pk__in=groups))
+
+
+def _live(now: datetime) -> Q:
+    """Events not expired at ``now`` (Event.expires_at)."""
+    return Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+
+
+# The database forms -------------------------------------------------------------------------------
+
+
+def visible_to(
+    user: AbstractBaseUser | AnonymousUser,
+    *,
+    extra_topic_ids: Iterable[int] = (),
+    now: datetime | None = None,
+) -> Q:
+    """A filter on :class:`Event` for the events ``user`` may see now.
 
     ``extra_topic_ids`` are topics followed for the duration of one connection (anonymous
-    visitors' subscriptions to public topics).
+    visitors' subscriptions to public topics). Expired events are nobody's.
     """
     extra = list(extra_topic_ids)
     q = Q(reach=Reach.EVERYONE)
     if extra:
         q |= Q(to_topic=True, topic_id__in=extra)
+    if user.is_authenticated:
+        uid, joined = user.pk, user.date_joined
+        q = Q(reach__in=[Reach.EVERYONE, Reach.AUTHENTICATED], created_at__gte=joined)
+        if user.is_staff:
+            q |= Q(reach=Reach.STAFF, created_at__gte=joined)
+        if extra:
+            q |= Q(to_topic=True, topic_id__in=extra)
+        q |= Exists(Recipient.objects.filter(event=OuterRef("pk"), user=uid))
+        q |= Exists(Event.groups.through.objects.filter(event=OuterRef("pk"), group__user=uid))
+        q |= Q(to_topic=True) & follows_topic(uid, OuterRef("topic"))
+        q |= Q(permission__isnull=False) & holds_permission(uid, OuterRef("permission"))
+    return _live(now or timezone.now()) & Q(q)
+
+
+def _reached_users(
+    *,
+    reach: str,
+    joined_by: datetime | None,
+    users: Any,
+    groups: Any,
+    topic_id: int | None,
+    permission_id: int | None,
+) -> QuerySet:
+    """Active users an audience reaches, as :func:`visible_to` would show it to each of them.
+
+    ``joined_by``: the event's creation time (users who joined later do not see broad
+    announcements sent before), None before the event exists. ``users``, ``groups``: ids or
+    queries of ids.
+    """
+    joined = Q(date_joined__lte=joined_by) if joined_by is not None else Q()
+    if reach in (Reach.EVERYONE, Reach.AUTHENTICATED):
+        q = joined
+    else:
+        q = Q(pk__in=users)
+        if reach == Reach.STAFF:
+            q |= Q(is_staff=True) & joined
+        q |= in_groups(OuterRef("pk"), groups)
+        if topic_id is not None:
+            q |= follows_topic(OuterRef("pk"), topic_id)
+        if permission_id is not None:
+            q |= holds_permission(OuterRef("pk"), permission_id)
+    return _users().filter(Q(is_active=True) & Q(q))
+
+
+def users_of(audience: Audience) -> QuerySet:
+    """Active users an audience reaches now (before the event exists: the recipient count and
+    the admin's dry run)."""
+    return _reached_users(
+        reach=audience.reach,
+        joined_by=None,
+        users=list(audience.users),
+        groups=list(audience.groups),
+        topic_id=audience.topic.pk if audience.topic is not None else None,
+        permission_id=audience.permission,
+    )
+
+
+def audience_users(event: Event) -> QuerySet:
+    """Active users a stored event reaches now (grants as they are today), expiry aside."""
+    return _reached_users(
+        reach=event.reach,
+        joined_by=event.created_at,
+        users=Recipient.objects.filter(event=event).values("user"),
+        groups=Event.groups.through.objects.filter(event=event).values("group"),
+        topic_id=event.topic_id if event.to_topic else None,
+        permission_id=event.permission_id,
+    )
+
+
+def may_read(user: AbstractBaseUser | AnonymousUser, topic: Topic) -> bool:
+    """Whether ``user`` may read (so follow) ``topic``: anonymous visitors public ones only."""
+    if topic.is_public:
+        return True
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return (
+        Topic.objects.filter(pk=topic.pk).filter(may_read_topic(user.pk, OuterRef("pk"))).exists()
+    )
+
+
+def follows(user: AbstractBaseUser | AnonymousUser, topic: Topic) -> bool:
+    """Whether a signed-in ``user`` follows ``topic`` (:func:`follows_topic`)."""
     if not user.is_authenticated:
-        return q
-    joined = user.date_joined
-    q = Q(reach=Reach.EVERYONE, created_at__gte=joined) | Q(
-        reach=Reach.AUTHENTICATED, created_at__gte=joined
+        return False
+    return Topic.objects.filter(pk=topic.pk).filter(follows_topic(user.pk, OuterRef("pk"))).exists()
+
+
+# The in-memory form -------------------------------------------------------------------------------
+
+
+def membership_of(user: AbstractBaseUser | AnonymousUser) -> Membership:
+    """Load what the realtime hub matches events against (one query, compiled once: every
+    signed-in handshake runs it)."""
+    if not user.is_authenticated:
+        return Membership(user_id=None)
+    found: dict[str, set[int]] = {"g": set(), "t": set(), "p": set()}
+    for kind, pk in _MEMBERSHIP.rows((), user_id=user.pk):
+        found[kind].add(pk)
+    return Membership(
+        user_id=user.pk,
+        is_staff=user.is_staff,
+        is_superuser=user.is_superuser,
+        group_ids=frozenset(found["g"]),
+        topic_ids=frozenset(found["t"]),
+        permission_ids=frozenset(found["p"]),
     )
-    if user.is_staff:
-        q |= Q(reach=Reach.STAFF, created_at__gte=joined)
-    if extra:
-        q |= Q(to_topic=True, topic_id__in=extra)
-    q |= Exists(Recipient.objects.filter(event=OuterRef("pk"), user=user))
-    q |= Exists(Event.groups.through.objects.filter(event=OuterRef("pk"), group__user=user))
-    q |= Q(to_topic=True) & (
-        Exists(Subscription.objects.filter(topic=OuterRef("topic"), user=user))
-        | Exists(Topic.groups.through.objects.filter(topic=OuterRef("topic"), group__user=user))
+
+
+def _membership_query(shape: tuple, *, user_id: int) -> list[tuple[str, int]]:
+    """("g", id) for the user's groups, ("t", id) for the topics it follows
+    (:func:`follows_topic`), ("p", id) for permissions held directly or through a group."""
+    groups = Group.objects.filter(user=user_id).order_by().values_list(Value("g"), "pk")
+    topics = (
+        Topic.objects.filter(follows_topic(user_id, OuterRef("pk")))
+        .order_by()
+        .values_list(Value("t"), "pk")
     )
-    return q
+    user_model = get_user_model()
+    direct = user_model.user_permissions.through.objects.filter(
+        **{user_model.user_permissions.field.m2m_field_name(): user_id}
+    ).values("permission")
+    via_groups = Group.permissions.through.objects.filter(group__user=user_id).values("permission")
+    permissions = (
+        Permission.objects.filter(Q(pk__in=direct) | Q(pk__in=via_groups))
+        .order_by()
+        .values_list(Value("p"), "pk")
+    )
+    return list(groups.union(topics, permissions, all=True))
+
+
+_MEMBERSHIP = CompiledQuery(_membership_query)
+
+
+def matches(membership: Membership, message: dict[str, Any]) -> bool:
+    """Whether a socket with ``membership`` receives a live event (a ``messages.event``);
+    the definition that ``Hub._targets`` implements with indexes. ``users`` must be a list."""
+    reach = message["reach"]
+    if reach == Reach.EVERYONE:
+        return True
+    uid = membership.user_id
+    if uid is None:
+        return False
+    topic, permission = message["topic"], message.get("permission")
+    return (
+        reach == Reach.AUTHENTICATED
+        or (reach == Reach.STAFF and membership.is_staff)
+        or uid in message["users"]
+        or bool(membership.group_ids.intersection(message["groups"]))
+        or (topic is not None and topic in membership.topic_ids)
+        or (
+            permission is not None
+            and (membership.is_superuser or permission in membership.permission_ids)
+        )
+    )

@@ -58,4 +58,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="notifications.W003",
             )
         )
+    if "*" in settings.ALLOWED_HOSTS:
+        messages.append(
+            checks.Warning(
+                "ALLOWED_HOSTS contains '*': every Origin is then an allowed host, so the "
+                "WebSocket handshake has no protection against cross-site hijacking.",
+                hint="List the site's host names in ALLOWED_HOSTS (docs/security.md).",
+                id="notifications.W004",
+            )
+        )
     return messages

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.signals import user_logged_out
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
@@ -67,6 +67,62 @@ def _topic_users_changed(
 @receiver(post_delete, sender=Subscription)
 def _subscription_changed(sender: Any, instance: Subscription, **kwargs: Any) -> None:
     services.membership_changed([instance.user_id])
+
+
+@receiver(m2m_changed, sender=Topic.members.through)
+def _topic_members_changed(
+    sender: Any, instance: Any, action: str, pk_set: set[int] | None, **kwargs: Any
+) -> None:
+    if action == "pre_clear" and isinstance(instance, Topic):
+        instance._notifications_members = list(instance.members.values_list("pk", flat=True))
+        return
+    if action not in _CHANGES:
+        return
+    if isinstance(instance, Topic):
+        users = pk_set or getattr(instance, "_notifications_members", [])
+    else:
+        users = [instance.pk]
+    services.membership_changed(users)
+
+
+@receiver(m2m_changed, sender=User.user_permissions.through)
+def _user_permissions_changed(
+    sender: Any, instance: Any, action: str, pk_set: set[int] | None, **kwargs: Any
+) -> None:
+    # Permission audiences and notifications.view_private_topics follow permissions.
+    if action == "pre_clear" and isinstance(instance, Permission):
+        instance._notifications_holders = list(instance.user_set.values_list("pk", flat=True))
+        return
+    if action not in _CHANGES:
+        return
+    if isinstance(instance, Permission):
+        users = pk_set or getattr(instance, "_notifications_holders", [])
+    else:
+        users = [instance.pk]
+    services.membership_changed(users)
+
+
+@receiver(m2m_changed, sender=Group.permissions.through)
+def _group_permissions_changed(
+    sender: Any, instance: Any, action: str, pk_set: set[int] | None, **kwargs: Any
+) -> None:
+    if action == "pre_clear" and isinstance(instance, Permission):
+        instance._notifications_groups = list(instance.group_set.values_list("pk", flat=True))
+        return
+    if action not in _CHANGES:
+        return
+    if isinstance(instance, Group):
+        groups = [instance.pk]
+    else:
+        groups = pk_set or getattr(instance, "_notifications_groups", [])
+    services.membership_changed(selectors.users_in_groups(groups))
+
+
+@receiver(post_save, sender=Topic)
+def _topic_saved(sender: Any, instance: Topic, created: bool, **kwargs: Any) -> None:
+    # A public topic made private: followers without a grant lose it, on open sockets too.
+    if not created:
+        services.topic_access_changed(instance)
 
 
 @receiver(post_save, sender=User)

@@ -115,6 +115,7 @@ def greeting(
         (bool(user.is_staff), len(extra)),
         user_id=user.pk,
         joined=user.date_joined,
+        now=timezone.now(),
         upto=upto,
         counted_to=counted_to,
         ceiling=max(upto, counted_to),
@@ -157,7 +158,7 @@ def _signed_in_greeting(
 
 
 def _build_signed_in_greeting(
-    shape: tuple[bool, int], *, user_id: int, joined: datetime, **values: int
+    shape: tuple[bool, int], *, user_id: int, joined: datetime, now: datetime, **values: int
 ) -> dict:
     """:func:`_signed_in_greeting` for a user described by values alone (what CompiledQuery
     swaps); ``shape`` is (is_staff, number of extra topics ``topic0``, ``topic1``...)."""
@@ -165,7 +166,7 @@ def _build_signed_in_greeting(
     user = get_user_model()(pk=user_id, date_joined=joined, is_staff=is_staff)
     user._state.adding = False
     topics = [values.pop(f"topic{i}") for i in range(topic_count)]
-    visible = Event.objects.filter(visible_to(user, extra_topic_ids=topics))
+    visible = Event.objects.filter(visible_to(user, extra_topic_ids=topics, now=now))
     return _signed_in_greeting(visible, user_id=user_id, **values)
 
 

@@ -7,7 +7,6 @@ every place that sends.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -23,7 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from . import signals
-from .audiences import Audience, resolve, users_of, visible_to
+from .audiences import Audience, may_read, resolve, users_of, visible_to
 from .conf import notifications_settings
 from .models import (
     TITLE_MAX_LENGTH,
@@ -41,6 +40,7 @@ from .models import (
 from .realtime import frames, messages
 from .realtime.publish import publish_raw
 from .selectors import stream_cursor, unread_count
+from .validation import check_json, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def _on_commit(message: dict[str, Any]) -> None:
 
 
 def _validate_url(url: str) -> str:
-    if not isinstance(url, str):
-        raise ValueError("url must be a string")
+    check_text(url, "url")
     if len(url) > 500:
         raise ValueError("url is longer than 500 characters")
     scheme = urlsplit(url).scheme.lower()
@@ -81,20 +80,17 @@ def _validate_url(url: str) -> str:
 def _validate(title: Any, body: Any, level: Any, data: Any) -> dict[str, Any]:
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title is required and must be a non-empty string")
+    check_text(title, "title")
     if len(title) > TITLE_MAX_LENGTH:
         raise ValueError(f"title is longer than {TITLE_MAX_LENGTH} characters")
-    if not isinstance(body, str):
-        raise ValueError("body must be a string")
+    check_text(body, "body")
     if level not in Level.values:
         raise ValueError(f"level must be one of {', '.join(Level.values)}; got {level!r}")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ValueError("data must be a dict")
-    try:
-        json.dumps(data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"data must be JSON-serialisable: {exc}") from None
+    check_json(data, "data")
     return data
 
 
@@ -122,7 +118,7 @@ def _check_users_exist(user_ids: Iterable[int]) -> int:
 def _recipient_count(audience: Audience, active_named: int) -> int:
     """Active users the audience reaches now; named users only: counted by the existence
     check already (the common case of a notification to a user or a few)."""
-    named_only = audience.reach == Reach.TARGETED and not audience.groups and audience.topic is None
+    named_only = audience == Audience(users=audience.users)
     return active_named if named_only else users_of(audience).count()
 
 
@@ -166,6 +162,8 @@ def notify(
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
     ):
         raise ValueError("idempotency_key must be a string of 1 to 200 characters")
+    if idempotency_key is not None:
+        check_text(idempotency_key, "idempotency_key")
     if expires_at is not None and (
         not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)
     ):
@@ -206,14 +204,8 @@ def notify(
                 batch_size=1000,
             )
         _on_commit(
-            messages.event(
-                event_id=event.id,
-                frame=frames.encode(frames.notification(event, read=False, replay=False)),
-                reach=audience.reach,
-                users=audience.users,
-                groups=audience.groups,
-                topic_id=label.pk if audience.topic is not None and label else None,
-                track=track_delivery,
+            messages.of_event(
+                event, users=audience.users, groups=audience.groups, track=track_delivery
             )
         )
         transaction.on_commit(
@@ -294,15 +286,8 @@ class TopicError(Exception):
 
 
 def may_follow(user: AbstractBaseUser | AnonymousUser, topic: Topic) -> bool:
-    if topic.is_public:
-        return True
-    if not user.is_authenticated:
-        return False
-    return (
-        user.is_staff
-        or Subscription.objects.filter(user=user, topic=topic).exists()
-        or topic.groups.filter(user=user).exists()
-    )
+    """Whether ``user`` may follow ``topic`` now (audiences.may_read: from grants only)."""
+    return may_read(user, topic)
 
 
 def find_topic(user: AbstractBaseUser | AnonymousUser, slug: str) -> Topic:
@@ -324,7 +309,8 @@ def subscribe(user: AbstractBaseUser | AnonymousUser, slug: str) -> Topic:
 
 
 def unsubscribe(user: AbstractBaseUser | AnonymousUser, slug: str) -> Topic:
-    """Stop following a topic; idempotent. Group subscriptions set by staff stay."""
+    """Stop following a topic; idempotent. What staff granted (the topic's groups and
+    members) stays: :func:`audiences.follows` tells whether the user still follows it."""
     topic = Topic.objects.filter(slug=slug).first()
     if topic is None:
         raise TopicError("not_found", f"no topic {slug!r}")
@@ -339,6 +325,14 @@ def membership_changed(user_ids: Iterable[int]) -> None:
     if ids:
         MembershipChange.objects.bulk_create([MembershipChange(user_id=uid) for uid in ids])
         _on_commit(messages.membership(user_ids=ids))
+
+
+def topic_access_changed(topic: Topic) -> None:
+    """A topic's settings changed (public or private): reload its signed-in followers, and
+    let hubs drop it from anonymous sockets once it is private."""
+    followers = Subscription.objects.filter(topic=topic).values_list("user_id", flat=True)
+    membership_changed(list(followers))
+    _on_commit(messages.topic_access(topic_id=topic.pk, is_public=topic.is_public))
 
 
 def end_sessions(session_keys: Iterable[str]) -> None:

@@ -75,3 +75,9 @@ def test_check_deploy_is_clean_with_production_settings():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_wildcard_allowed_hosts_is_a_warning():
+    """With '*' every Origin is an allowed host (docs/security.md, Origin policy)."""
+    assert "notifications.W004" in ids(ALLOWED_HOSTS=["*"])
+    assert "notifications.W004" not in ids(ALLOWED_HOSTS=["app.example.com"])

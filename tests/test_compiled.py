@@ -122,23 +122,29 @@ def test_compiled_membership_equals_the_orm(make_user):
         membership = membership_of(user)
         assert (
             sorted(
-                [("g", g) for g in membership.group_ids] + [("t", t) for t in membership.topic_ids]
+                [("g", g) for g in membership.group_ids]
+                + [("t", t) for t in membership.topic_ids]
+                + [("p", p) for p in membership.permission_ids]
             )
             == rows
         )
 
 
 def test_session_check_finds_exactly_the_pairs_that_no_longer_authenticate(make_user):
-    """hub._invalid_sessions on compiled, padded IN lists: deleted and expired sessions,
-    inactive users, and more pairs than one chunk."""
+    """hub._session_states on compiled, padded IN lists: deleted and expired sessions,
+    inactive users, flags and the auth hash, and more pairs than one chunk."""
     from django.contrib.sessions.models import Session
 
-    from notifications.realtime.hub import _invalid_sessions
+    from notifications.realtime.hub import UserState, _session_states
 
     from .support import session_cookie
 
     def key(user):
         return session_cookie(user).split("=", 1)[1]
+
+    def invalid(pairs):
+        users, live = _session_states(pairs)
+        return {(k, uid) for k, uid in pairs if uid not in users or (k and k not in live)}
 
     users = [make_user(f"s{i}") for i in range(12)]
     pairs = [(key(user), user.pk) for user in users]
@@ -150,8 +156,18 @@ def test_session_check_finds_exactly_the_pairs_that_no_longer_authenticate(make_
     users[3].is_active = False
     users[3].save()
     gone_user = (pairs[4][0], 10**9)  # a user id that does not exist
-    assert _invalid_sessions([*pairs, gone_user]) == {deleted, expired, inactive, gone_user}
+    assert invalid([*pairs, gone_user]) == {deleted, expired, inactive, gone_user}
     # More than one chunk (500), and a last chunk padded with repeated values.
     many = [(f"missing-{i}", users[0].pk) for i in range(503)] + [pairs[0]]
-    assert _invalid_sessions(many) == set(many[:503])
-    assert _invalid_sessions([pairs[0]]) == set()
+    assert invalid(many) == set(many[:503])
+    assert invalid([pairs[0]]) == set()
+    # Flags and the auth hash as they are now, also after changes that send no signal.
+    type(users[5]).objects.filter(pk=users[5].pk).update(is_staff=True, is_superuser=True)
+    states, _ = _session_states([pairs[5], pairs[6]])
+    assert states[users[5].pk] == UserState(True, True, users[5].get_session_auth_hash())
+    assert states[users[6].pk] == UserState(False, False, users[6].get_session_auth_hash())
+    users[6].set_password("changed")
+    users[6].save()
+    states, _ = _session_states([pairs[6]])
+    assert states[users[6].pk].auth_hash == users[6].get_session_auth_hash()
+    assert states[users[6].pk].auth_hash != users[5].get_session_auth_hash()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 from notifications import Audience, anotify, notify
@@ -28,6 +29,13 @@ def people(make_user):
     return staff, alice, bob, editors
 
 
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -35,7 +43,22 @@ def people(make_user):
         ({"title": "x" * 201}, "longer than 200"),
         ({"level": "fatal"}, "level must be one of"),
         ({"data": [1]}, "data must be a dict"),
-        ({"data": {"when": object()}}, "JSON-serialisable"),
+        ({"data": {"when": object()}}, "not JSON"),
+        # Poison data (issue 8, defect 6): what cannot be stored everywhere or sent as a
+        # frame is refused before anything is stored.
+        ({"data": {"v": "\ud800"}}, r"data\.v is not valid Unicode"),
+        ({"data": {"v": float("nan")}}, r"data\.v must be a finite number"),
+        ({"data": {"v": [1, float("inf")]}}, r"data\.v\[1\] must be a finite"),
+        ({"data": {"v": "a\x00b"}}, "NUL"),
+        ({"data": {"\x00": 1}}, "NUL"),
+        ({"data": {1: "x"}}, "key that is not a string"),
+        ({"data": {"v": 2**64}}, "beyond 64 bits"),
+        ({"data": {"v": {"w": {}}} | {"deep": _nested(40)}}, "nested more than"),
+        ({"title": "bad \ud800"}, "title is not valid Unicode"),
+        ({"title": "nul\x00"}, "title must not contain NUL"),
+        ({"body": "\udfff"}, "body is not valid Unicode"),
+        ({"url": "/a\x00"}, "url must not contain NUL"),
+        ({"idempotency_key": "k\ud800"}, "idempotency_key is not valid"),
         ({"url": "javascript:alert(1)"}, "relative or http"),
         ({"body": 5}, "body must be a string"),
         ({"idempotency_key": ""}, "idempotency_key"),
@@ -52,13 +75,23 @@ def test_bad_arguments_raise_value_error_and_store_nothing(people, kwargs, messa
 
 
 @pytest.mark.parametrize(
-    "recipients", [None, 5, [], ["alice"], Group.objects.none, "no-such-topic", b"everyone"]
+    "recipients",
+    [
+        None,
+        5,
+        [],
+        ["alice"],
+        Group.objects.none,
+        "no-such-topic",
+        b"everyone",
+        # Ids beyond 64 bits overflowed the database driver (issue 8, defect 6).
+        lambda: Audience(users=[2**64]),
+        lambda: Audience(groups=[-(2**63) - 1]),
+    ],
 )
 def test_bad_recipients(people, recipients):
-    if callable(recipients):
-        recipients = recipients()
     with pytest.raises(ValueError):
-        notify(recipients, "x")
+        notify(recipients() if callable(recipients) else recipients, "x")
     assert Event.objects.count() == 0
 
 
@@ -149,8 +182,14 @@ def test_users_who_joined_later_do_not_inherit_old_announcements(people, make_us
     assert unread_count(newcomer) == 0
 
 
+def _grant(user, codename: str) -> None:
+    user.user_permissions.add(Permission.objects.get(codename=codename))
+
+
 def test_broadcast_send_and_stats(people):
     staff, alice, bob, _ = people
+    _grant(staff, "send_broadcast")
+    staff = type(staff).objects.get(pk=staff.pk)  # a fresh permission cache
     broadcast = Broadcast.objects.create(
         title="Maintenance", audience=Broadcast.Audience.AUTHENTICATED
     )
@@ -167,11 +206,33 @@ def test_broadcast_send_and_stats(people):
         send_broadcast(broadcast, by=staff)
 
 
-def test_broadcast_to_empty_group_list_is_refused(people):
+def test_broadcast_to_empty_group_list_is_refused(people, make_user):
+    root = make_user("root", is_superuser=True)
     broadcast = Broadcast.objects.create(title="x", audience=Broadcast.Audience.GROUPS)
     with pytest.raises(ValueError, match="choose at least one"):
-        send_broadcast(broadcast, by=None)
+        send_broadcast(broadcast, by=root)
     assert Event.objects.count() == 0
+
+
+@pytest.mark.parametrize("who", ["nobody", "staff", "viewer", "inactive-holder"])
+def test_send_broadcast_needs_the_send_permission(people, make_user, who):
+    """PROTOCOL.md, Broadcasts: send_broadcast raises PermissionDenied unless the user has
+    notifications.send_broadcast (issue 8, defect 1)."""
+    user = {
+        "nobody": None,
+        "staff": people[0],
+        "viewer": make_user("viewer", is_staff=True),
+        "inactive-holder": make_user("holder", is_staff=True, is_active=False),
+    }[who]
+    if who == "viewer":
+        _grant(user, "view_broadcast")
+    if who == "inactive-holder":
+        _grant(user, "send_broadcast")
+    broadcast = Broadcast.objects.create(title="x", audience=Broadcast.Audience.EVERYONE)
+    with pytest.raises(PermissionDenied, match=r"notifications\.send_broadcast"):
+        send_broadcast(broadcast, by=user)
+    broadcast.refresh_from_db()
+    assert broadcast.sent_at is None and Event.objects.count() == 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -24,16 +24,19 @@ class Connection:
 
     __slots__ = (
         "anon_topics",
+        "auth_hash",
         "close",
         "dropped",
         "group_ids",
         "id",
         "ip",
         "is_staff",
+        "is_superuser",
         "last_sent",
         "max_buffered",
         "paused",
         "pending",
+        "permission_ids",
         "position",
         "session_key",
         "topic_ids",
@@ -48,6 +51,7 @@ class Connection:
         close: Callable[[int], Awaitable[None]],
         membership: Membership,
         session_key: str | None = None,
+        auth_hash: str | None = None,
         ip: str | None = None,
         max_buffered: int | None = None,
     ) -> None:
@@ -55,6 +59,9 @@ class Connection:
         self.writer = writer
         self.close = close
         self.session_key = session_key
+        # The session auth hash the socket was opened with (the user's password hash at the
+        # time): the session check closes the socket once it no longer matches.
+        self.auth_hash = auth_hash
         self.ip = ip
         self.max_buffered = max_buffered
         self.dropped = False
@@ -69,8 +76,20 @@ class Connection:
     def apply(self, membership: Membership) -> None:
         self.user_id = membership.user_id
         self.is_staff = membership.is_staff
+        self.is_superuser = membership.is_superuser
         self.group_ids = membership.group_ids
         self.topic_ids = membership.topic_ids
+        self.permission_ids = membership.permission_ids
+
+    def membership(self) -> Membership:
+        return Membership(
+            user_id=self.user_id,
+            is_staff=self.is_staff,
+            is_superuser=self.is_superuser,
+            group_ids=self.group_ids,
+            topic_ids=self.topic_ids,
+            permission_ids=self.permission_ids,
+        )
 
     @property
     def followed_topics(self) -> set[int]:

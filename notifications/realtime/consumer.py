@@ -15,6 +15,7 @@ without cookies or topics).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from .. import selectors, services
+from .. import audiences, selectors, services
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from . import frames, presence_watch
@@ -39,6 +40,7 @@ logger = logging.getLogger("notifications.realtime")
 CLOSE_TOO_LARGE = 1009
 CLOSE_FLOOD = 4429
 MAX_QUERY_TOPICS = 20
+CURSOR_RE = re.compile(r"[0-9]{1,19}\Z")
 HANDLED = frozenset(
     {"ping", "resume", "subscribe", "unsubscribe", "read", "read_all", "watch_presence"}
 )
@@ -81,6 +83,9 @@ def _handshake(
 ) -> tuple[Any, Membership, list[int], list[tuple[str, str]]]:
     """Everything a handshake needs from the database, in one thread hop."""
     user, _ = authenticate(session_key)
+    if user.is_authenticated:
+        # Remembered for the session check: a password change ends the socket.
+        user.notifications_auth_hash = user.get_session_auth_hash()
     membership = membership_of(user)
     topics, errors = [], []
     for slug in slugs:
@@ -92,6 +97,11 @@ def _handshake(
         except services.TopicError as exc:
             errors.append((exc.code, str(exc)))
     return user, membership, topics, errors
+
+
+def _unsubscribe(user: Any, slug: str) -> tuple[Any, bool]:
+    topic = services.unsubscribe(user, slug)
+    return topic, audiences.follows(user, topic)
 
 
 class NotificationConsumer:
@@ -183,6 +193,7 @@ class NotificationConsumer:
             close=self.close_from_hub,
             membership=membership,
             session_key=session_key if membership.user_id else None,
+            auth_hash=getattr(user, "notifications_auth_hash", None),
             ip=ip,
         )
         conn.pause()  # live events wait until hello (and the replay) are out
@@ -351,8 +362,9 @@ class NotificationConsumer:
     async def on_unsubscribe(self, frame: ClientFrame) -> None:
         assert self.conn is not None
         slug = frame.slug()
-        topic = await database_sync_to_async(services.unsubscribe)(self.user, slug)
-        self.hub.unfollow(self.conn, topic.pk)
+        topic, still_follows = await database_sync_to_async(_unsubscribe)(self.user, slug)
+        if not still_follows:  # a topic that staff granted (group, member) stays followed
+            self.hub.unfollow(self.conn, topic.pk)
         await self.send_frame(frames.with_ref({"type": "unsubscribed", "topic": slug}, frame.ref))
 
     async def on_read(self, frame: ClientFrame) -> None:
@@ -409,11 +421,13 @@ class NotificationConsumer:
             # resuming from the same cursor (all of them, after a restart) share one query.
             texts = await self.hub.public_replay(after=after, upto=upto, limit=limit + 1)
         complete = len(texts) <= limit
-        for event_id, text in texts[:limit]:
+        sent = 0
+        for event_id, text, is_notification in texts[:limit]:
             await self.send({"type": "websocket.send", "text": text})
             self.conn.last_sent = event_id
+            sent += is_notification
         self.conn.position = max(self.conn.position, self.conn.last_sent)
-        return min(len(texts), limit), complete
+        return sent, complete
 
     async def _replay(self, *, after: int, upto: int, ref: str | int | None) -> None:
         """Replay for a resume cursor, then ``replayed``. Everything up to ``upto`` (and up to
@@ -431,6 +445,8 @@ def _query_cursor(query: dict[str, list[str]]) -> tuple[int | None, str | None]:
     if not values:
         return None, None
     value = values[0]
-    if not value.isdigit() or len(value) > 19 or int(value) > frames.MAX_ID:
+    # str.isdigit() is true for "²", "①" and "٣" too (int() refuses the first two and reads
+    # the last as 3): only ASCII digits make a cursor.
+    if not CURSOR_RE.match(value) or int(value) > frames.MAX_ID:
         return None, "'cursor' must be a non-negative integer"
     return int(value), None

@@ -14,11 +14,27 @@ SUBPROTOCOL = "notifications.v1"
 SLUG_RE = re.compile(r"[-a-zA-Z0-9_]{1,50}\Z")
 MAX_ID = 2**63 - 1  # event ids and cursors are 64-bit database integers
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# allow_nan=False: NaN and Infinity are not JSON, and a browser's JSON.parse refuses them.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class Unencodable(ValueError):
+    """A frame that cannot be sent: not strict JSON, or not valid Unicode text (a lone
+    surrogate, which the transport could not encode as UTF-8)."""
 
 
 def encode(frame: dict[str, Any]) -> str:
-    return _dumps(frame)
+    """The frame as compact JSON text that is valid UTF-8; :class:`Unencodable` otherwise."""
+    try:
+        text = _dumps(frame)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise Unencodable(f"not strict JSON: {exc}") from None
+    if not text.isascii():  # ensure_ascii=False leaves lone surrogates for the transport
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Unencodable("not valid Unicode text (a lone surrogate)") from None
+    return text
 
 
 def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -68,17 +69,26 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
         )
     )
     return [
-        messages.event(
-            event_id=event.id,
-            frame=frames.encode(frames.notification(event, read=False, replay=False)),
-            reach=event.reach,
-            users=recipients.get(event.id, []),
-            groups=[group.pk for group in event.groups.all()],
-            topic_id=event.topic_id if event.to_topic else None,
+        _message_of(
+            event,
+            recipients.get(event.id, []),
+            [group.pk for group in event.groups.all()],
             track=event.id in tracked,
         )
         for event in events
     ]
+
+
+def _message_of(event: Any, users: list[int], groups: list[int], *, track: bool = False) -> dict:
+    try:
+        return messages.of_event(event, users=users, groups=groups, track=track)
+    except frames.Unencodable as exc:
+        # A row stored before notify() checked its input, or written around it. It still
+        # takes its place in the stream (the horizon passes it), but goes to nobody.
+        logger.error("event %s cannot be sent and is skipped: %s", event.id, exc)
+        return messages.event(
+            event_id=event.id, frame=None, reach="", users=[], groups=[], topic_id=None
+        )
 
 
 def _load_poll(*, after: int, with_changes: bool) -> tuple[list[dict], list[tuple[int, int]]]:
@@ -98,9 +108,10 @@ def load_replay(
     limit: int,
     extra_topic_ids: Iterable[int] = (),
     topic_id: int | None = None,
-) -> list[tuple[int, str]]:
-    """(id, encoded ``notification`` frame) of the events :func:`selectors.replay` returns,
-    oldest first, each marked ``replay`` and with the user's read state."""
+) -> list[tuple[int, str, bool]]:
+    """(id, encoded frame, is a notification) of the events :func:`selectors.replay`
+    returns, oldest first, each marked ``replay`` and with the user's read state
+    (:func:`_replay_frame`)."""
     events = selectors.replay(
         user,
         after=after,
@@ -109,10 +120,26 @@ def load_replay(
         extra_topic_ids=extra_topic_ids,
         topic_id=topic_id,
     )
-    return [
-        (event.id, frames.encode(frames.notification(event, read=event.is_read, replay=True)))
-        for event in events
-    ]
+    return [_replay_frame(event) for event in events]
+
+
+def _replay_frame(event: Any) -> tuple[int, str, bool]:
+    """(id, text, True) for a replayed ``notification``; (id, text of an ``error`` frame
+    with the code ``unencodable``, False) for a stored row that cannot be encoded, which is
+    skipped (logged) so that it never blocks anyone's resume."""
+    try:
+        return (
+            event.id,
+            frames.encode(frames.notification(event, read=event.is_read, replay=True)),
+            True,
+        )
+    except frames.Unencodable as exc:
+        logger.error("event %s cannot be replayed and is skipped: %s", event.id, exc)
+        error = frames.error(
+            "unencodable", f"notification {event.id} cannot be encoded and was skipped"
+        )
+        error["id"] = event.id
+        return event.id, frames.encode(error), False
 
 
 def _local_recipients(event_id: int, user_ids: list[int]) -> set[int]:
@@ -140,10 +167,14 @@ def _padded(chunk: list[Any]) -> tuple[int, dict[str, Any]]:
     return size, {f"v{i}": value for i, value in enumerate(values)}
 
 
-def _active_users_query(shape: tuple[int], **values: int) -> list[int]:
+def _active_users_query(shape: tuple[int], **values: int) -> list[tuple]:
     ids = [values[f"v{i}"] for i in range(shape[0])]
     users = get_user_model()._default_manager
-    return list(users.filter(pk__in=ids, is_active=True).values_list("pk", flat=True))
+    return list(
+        users.filter(pk__in=ids, is_active=True).values_list(
+            "pk", "is_staff", "is_superuser", "password"
+        )
+    )
 
 
 def _live_sessions_query(shape: tuple[int], *, now: Any, **values: str) -> list[str]:
@@ -163,14 +194,31 @@ _ACTIVE_USERS = CompiledQuery(_active_users_query)
 _LIVE_SESSIONS = CompiledQuery(_live_sessions_query)
 
 
-def _invalid_sessions(pairs: list[tuple[str | None, int]]) -> set[tuple[str | None, int]]:
-    """Which (session key, user id) pairs no longer authenticate an active user."""
+@dataclass(frozen=True)
+class UserState:
+    """What grants a connected user access, as the database says now."""
+
+    is_staff: bool
+    is_superuser: bool
+    auth_hash: str
+
+
+def _session_states(
+    pairs: list[tuple[str | None, int]],
+) -> tuple[dict[int, UserState], set[str]]:
+    """For (session key, user id) pairs: the state of each user that is still active
+    (inactive and deleted users are left out), and which session keys still exist."""
     from importlib import import_module
 
-    active: set[int] = set()
+    user_model = get_user_model()
+    users: dict[int, UserState] = {}
     for chunk in _chunks(sorted({uid for _, uid in pairs})):
         size, values = _padded(chunk)
-        active.update(row[0] for row in _ACTIVE_USERS.rows((size,), **values))
+        for pk, is_staff, is_superuser, password in _ACTIVE_USERS.rows((size,), **values):
+            # The hash Django keeps in the session (get_session_auth_hash): it changes with
+            # the password, which must end the sockets of every other session.
+            auth_hash = user_model(pk=pk, password=password).get_session_auth_hash()
+            users[pk] = UserState(bool(is_staff), bool(is_superuser), auth_hash)
     keys = sorted({key for key, _ in pairs if key})
     engine = settings.SESSION_ENGINE
     if engine in (
@@ -184,12 +232,23 @@ def _invalid_sessions(pairs: list[tuple[str | None, int]]) -> set[tuple[str | No
             live.update(row[0] for row in _LIVE_SESSIONS.rows((size,), now=now, **values))
     elif engine == "django.contrib.sessions.backends.signed_cookies":
         # The session lives in the browser's cookie: nothing on the server to look up, so
-        # only deactivation (and logout, by its signal) can end such a socket.
+        # only deactivation, a password change and logout (its signal) can end such a socket.
         live = set(keys)
     else:
         store = import_module(engine).SessionStore
         live = {key for key in keys if store().exists(key)}
-    return {(key, uid) for key, uid in pairs if uid not in active or (key and key not in live)}
+    return users, live
+
+
+def _session_hash(session_key: str) -> str | None:
+    """The auth hash stored in a session now (``update_session_auth_hash`` renews it in the
+    session that changed the password, which stays signed in)."""
+    from importlib import import_module
+
+    from django.contrib.auth import HASH_SESSION_KEY
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return store.get(HASH_SESSION_KEY)
 
 
 def _memberships(user_ids: list[int]) -> dict[int, tuple[Membership, int | None]]:
@@ -207,9 +266,11 @@ class Hub:
         self.connections: set[Connection] = set()
         self.authenticated: set[Connection] = set()
         self.staff: set[Connection] = set()
+        self.superusers: set[Connection] = set()
         self.by_user: dict[int, set[Connection]] = defaultdict(set)
         self.by_group: dict[int, set[Connection]] = defaultdict(set)
         self.by_topic: dict[int, set[Connection]] = defaultdict(set)
+        self.by_permission: dict[int, set[Connection]] = defaultdict(set)
         self.by_ip: dict[str, int] = defaultdict(int)
         self._buffer: dict[int, dict[str, Any]] = {}
         self._seen_changes: dict[int, float] = {}
@@ -328,22 +389,31 @@ class Hub:
             self.by_user[conn.user_id].add(conn)
             if conn.is_staff:
                 self.staff.add(conn)
+            if conn.is_superuser:
+                self.superusers.add(conn)
         for group_id in conn.group_ids:
             self.by_group[group_id].add(conn)
         for topic_id in conn.followed_topics:
             self.by_topic[topic_id].add(conn)
+        for permission_id in conn.permission_ids:
+            self.by_permission[permission_id].add(conn)
 
     def _unindex(self, conn: Connection) -> None:
         self.authenticated.discard(conn)
         self.staff.discard(conn)
+        self.superusers.discard(conn)
         if conn.user_id is not None:
             _discard(self.by_user, conn.user_id, conn)
         for group_id in conn.group_ids:
             _discard(self.by_group, group_id, conn)
         for topic_id in conn.followed_topics:
             _discard(self.by_topic, topic_id, conn)
+        for permission_id in conn.permission_ids:
+            _discard(self.by_permission, permission_id, conn)
 
-    async def public_replay(self, *, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+    async def public_replay(
+        self, *, after: int, upto: int, limit: int
+    ) -> list[tuple[int, str, bool]]:
         """:func:`load_replay` for an anonymous socket without topics (announcements to
         everyone only), read once for all the sockets that ask for the same range at about
         the same time (every client resuming after a restart or a network blip asks for the
@@ -426,6 +496,17 @@ class Hub:
             await self._reload_members(message["users"])
         elif kind == messages.SESSION_ENDED:
             await self._close_sessions(set(message["sessions"]))
+        elif kind == messages.TOPIC_ACCESS:
+            self._topic_access(message["topic"], message["public"])
+
+    def _topic_access(self, topic_id: int, is_public: bool) -> None:
+        """A topic became private: anonymous sockets stop following it (signed-in followers
+        are reloaded from their grants by a membership message)."""
+        if is_public:
+            return
+        for conn in list(self.by_topic.get(topic_id, ())):
+            if conn.user_id is None:
+                self.unfollow(conn, topic_id)
 
     # Ordered fan-out ---------------------------------------------------------------------------
 
@@ -511,6 +592,8 @@ class Hub:
                 logger.exception("hub poll failed")
 
     def _targets(self, message: dict[str, Any], users: Iterable[int]) -> Iterable[Connection]:
+        """The local sockets that receive an event: audiences.matches, with indexes
+        (tests/test_hub_rule.py checks that the two agree)."""
         reach = message["reach"]
         if reach == Reach.EVERYONE:
             return list(self.connections)
@@ -528,6 +611,11 @@ class Hub:
         topic_id = message["topic"]
         if topic_id is not None and topic_id in self.by_topic:
             parts.append(self.by_topic[topic_id])
+        permission_id = message.get("permission")
+        if permission_id is not None:
+            parts.append(self.superusers)
+            if permission_id in self.by_permission:
+                parts.append(self.by_permission[permission_id])
         if len(parts) == 1:
             return list(parts[0])
         return set().union(*parts)
@@ -540,7 +628,12 @@ class Hub:
                 if self.by_user
                 else ()
             )
+        if message["frame"] is None:
+            return  # an event that cannot be encoded (_message_of)
         event_id, frame = message["id"], Frame(message["frame"])
+        expires = message.get("expires")
+        if expires is not None and expires <= time.time():
+            return  # expired before it could go out (a late scheduled send, a slow layer)
         if message["reach"] == Reach.EVERYONE:
             self.newest_public = event_id
         targets = self._targets(message, users)
@@ -573,8 +666,8 @@ class Hub:
                     await self._close(conn, CLOSE_POLICY)
                     continue
                 membership, unread = users[user_id]
-                before = (conn.is_staff, conn.group_ids, conn.topic_ids)
-                if before == (membership.is_staff, membership.group_ids, membership.topic_ids):
+                # Topics followed for this connection only (anonymous ones) are kept apart.
+                if conn.membership() == membership:
                     continue
                 self._unindex(conn)
                 conn.apply(membership)
@@ -595,16 +688,38 @@ class Hub:
             await self._close(conn, CLOSE_POLICY)
 
     async def check_sessions(self, conns: list[Connection] | None = None) -> None:
-        """Close sockets whose session ended or whose user was deactivated (1008)."""
+        """Re-read what grants each signed-in socket its access: close it (1008) when its
+        session ended, its user was deactivated or deleted, or the password changed (the
+        session auth hash); reload its membership when staff or superuser status changed.
+        Changes made with ``QuerySet.update()`` send no signal: this is what finds them."""
         conns = list(self.authenticated) if conns is None else conns
         if not conns:
             return
         pairs = list({(conn.session_key, conn.user_id) for conn in conns})
-        invalid = await database_sync_to_async(_invalid_sessions)(pairs)
+        users, live = await database_sync_to_async(_session_states)(pairs)
+        reload: set[int] = set()
         for conn in conns:
-            if (conn.session_key, conn.user_id) in invalid:
-                logger.info("closing %s: session ended or user inactive", conn.id)
+            state = users.get(conn.user_id)
+            reason = None
+            if state is None:
+                reason = "user inactive or deleted"
+            elif conn.session_key and conn.session_key not in live:
+                reason = "session ended"
+            elif conn.auth_hash is not None and state.auth_hash != conn.auth_hash:
+                renewed = conn.session_key and await database_sync_to_async(_session_hash)(
+                    conn.session_key
+                )
+                if renewed == state.auth_hash:  # this session changed the password itself
+                    conn.auth_hash = state.auth_hash
+                else:
+                    reason = "password changed"
+            if reason is not None:
+                logger.info("closing %s: %s", conn.id, reason)
                 await self._close(conn, CLOSE_POLICY)
+            elif (state.is_staff, state.is_superuser) != (conn.is_staff, conn.is_superuser):
+                reload.add(conn.user_id)
+        if reload:
+            await self._reload_members(sorted(reload))
 
     async def _check_sessions_forever(self) -> None:
         # Every socket is checked once per SESSION_CHECK_INTERVAL, a slice at a time: one

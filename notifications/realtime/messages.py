@@ -16,16 +16,19 @@ EVENT = "notifications.event"
 UNREAD = "notifications.unread"
 MEMBERSHIP = "notifications.membership"
 SESSION_ENDED = "notifications.session_ended"
+TOPIC_ACCESS = "notifications.topic_access"
 
 
 def event(
     *,
     event_id: int,
-    frame: str,
+    frame: str | None,
     reach: str,
     users: Sequence[int],
     groups: Sequence[int],
     topic_id: int | None,
+    permission_id: int | None = None,
+    expires: float | None = None,
     max_inline: int | None = None,
     track: bool = False,
 ) -> dict[str, Any]:
@@ -41,9 +44,34 @@ def event(
         "users": list(users) if len(users) <= limit else None,
         "groups": list(groups),
         "topic": topic_id,
+        # The permission whose holders receive it (audiences.holds_permission), and the
+        # POSIX time after which it is delivered to nobody (Event.expires_at).
+        "permission": permission_id,
+        "expires": expires,
         # Each hub reports how many it delivered live (a broadcast's follow-up); optional.
         "track": track,
     }
+
+
+def of_event(
+    stored: Any, *, users: Sequence[int], groups: Sequence[int], track: bool = False
+) -> dict[str, Any]:
+    """The :func:`event` message of a stored ``Event`` (one place, for ``notify()`` and for
+    the hub's database reads): its live frame encoded once, and its audience. ``track``: the
+    hubs count its live deliveries (a broadcast's follow-up)."""
+    from . import frames
+
+    return event(
+        event_id=stored.id,
+        frame=frames.encode(frames.notification(stored, read=False, replay=False)),
+        reach=stored.reach,
+        users=users,
+        groups=groups,
+        topic_id=stored.topic_id if stored.to_topic else None,
+        permission_id=stored.permission_id,
+        expires=stored.expires_at.timestamp() if stored.expires_at is not None else None,
+        track=track,
+    )
 
 
 def unread(*, user_id: int, count: int, exclude: str | None) -> dict[str, Any]:
@@ -56,3 +84,7 @@ def membership(*, user_ids: Sequence[int]) -> dict[str, Any]:
 
 def session_ended(*, session_keys: Sequence[str]) -> dict[str, Any]:
     return {"type": SESSION_ENDED, "sessions": list(session_keys)}
+
+
+def topic_access(*, topic_id: int, is_public: bool) -> dict[str, Any]:
+    return {"type": TOPIC_ACCESS, "topic": topic_id, "public": is_public}

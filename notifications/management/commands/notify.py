@@ -35,6 +35,12 @@ class Command(BaseCommand):
         audience.add_argument("--everyone", action="store_true")
         audience.add_argument("--staff", action="store_true", help="all staff users")
         audience.add_argument("--authenticated", action="store_true", help="all signed-in users")
+        audience.add_argument(
+            "--permission",
+            metavar="APP_LABEL.CODENAME",
+            help="the active users who have this permission (directly, through a group, or "
+            "as superusers)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         topic = None
@@ -42,8 +48,8 @@ class Command(BaseCommand):
             topic = Topic.objects.filter(slug=options["topic"]).first()
             if topic is None:
                 raise CommandError(f"no topic with slug {options['topic']!r}")
-        audience = self._audience(options, topic)
         try:
+            audience = self._audience(options, topic)
             event = notify(
                 audience,
                 options["title"],
@@ -63,6 +69,8 @@ class Command(BaseCommand):
             return Audience(reach=Reach.STAFF)
         if options["authenticated"]:
             return Audience(reach=Reach.AUTHENTICATED)
+        if options["permission"]:
+            return Audience(permission=options["permission"])  # ValueError: unknown
         if options["users"]:
             names = options["users"]
             users = get_user_model()._default_manager.filter(
