@@ -185,14 +185,24 @@ class BroadcastAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "audience", "level", "sent_at"]
     search_fields = ["title", "body"]
-    # Autocomplete widgets for every audience list (users: 100,000 would not fit a select).
-    autocomplete_fields = ["groups", "users", "topic"]
+    # Autocomplete widgets for the audience lists (100,000 users would not fit a select) where
+    # the site's admin can search them (get_autocomplete_fields); raw ids for users otherwise.
+    raw_id_fields = ["users"]
     actions = ["send_selected", "cancel_selected", "duplicate_selected"]
     change_form_template = "admin/notifications/broadcast/change_form.html"
 
     class Media:
         css = {"all": ["notifications/notifications.css", "notifications/console.css"]}
         js = ["notifications/console.js"]
+
+    def get_autocomplete_fields(self, request: HttpRequest) -> list[str]:
+        fields = []
+        for name in ("groups", "users", "topic"):
+            related = Broadcast._meta.get_field(name).related_model
+            model_admin = self.admin_site._registry.get(related)
+            if model_admin is not None and model_admin.get_search_fields(request):
+                fields.append(name)
+        return fields
 
     # Permissions ---------------------------------------------------------------------------
 

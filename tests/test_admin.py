@@ -298,6 +298,10 @@ def test_dry_run_counts_recipients_and_who_is_online(client, sender, make_user):
     }
     answer = client.post(url, form(audience="users", users=[ben.pk])).json()
     assert answer["recipients"] == 1 and answer["online"] == 0
+    moderate = Permission.objects.get(codename="change_topic")
+    ben.user_permissions.add(moderate)
+    answer = client.post(url, form(audience="permission", permission=moderate.pk)).json()
+    assert answer["recipients"] == 1 and answer["online"] == 0  # ben (no superuser here)
     assert Broadcast.objects.count() == 0 and Event.objects.count() == 0
 
 
@@ -431,3 +435,30 @@ def test_admin_pages_render(client, make_user):
         ADD_URL,
     ]:
         assert client.get(url).status_code == 200, url
+
+
+def test_read_timeline_is_cumulative_from_the_send(client, sender, make_user):
+    from notifications import followup
+
+    group = Group.objects.create(name="g")
+    users = [make_user(f"r{i}") for i in range(3)]
+    for user in users:
+        user.groups.add(group)
+    client.force_login(sender)
+    client.post(ADD_URL, form(audience="groups", groups=[group.pk], _send_now="Send now"))
+    broadcasting.send_due()
+    broadcast = Broadcast.objects.get()
+    sent = broadcast.sent_at
+    for user, minutes in ((users[0], 7), (users[1], 21)):
+        ReadMark.objects.create(
+            user=user, event=broadcast.event, read_at=sent + timedelta(minutes=minutes)
+        )
+    points = followup.timeline(broadcast, now=sent + timedelta(minutes=30), recipients=3)
+    assert [(p.read, p.percent) for p in points] == [
+        (0, 0.0),  # 5 min
+        (1, 33.3),  # 10
+        (1, 33.3),  # 15
+        (1, 33.3),  # 20
+        (2, 66.7),  # 25
+        (2, 66.7),  # 30
+    ]
