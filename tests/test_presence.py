@@ -22,7 +22,7 @@ from notifications import broadcasting, presence
 from notifications.models import Broadcast, Event, PresenceProcess
 
 from .faultkit import RedisServer, redis_layers, wait_until
-from .server import ServerProcess
+from .server import ServerProcess, manage
 from .support import require_service, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -166,6 +166,26 @@ async def test_presence_across_server_processes_sharing_redis(amake_user):
             snap = await until(lambda s: s["connections"] == 1, timeout=6)
             assert time.monotonic() - started < 5.5
             assert snap == {"users": [alice.pk], "anonymous": 0, "connections": 1}
+
+
+@pytest.mark.server
+async def test_manage_py_shell_sees_the_servers_connections_on_the_embedded_defaults():
+    """PROTOCOL.md: snapshot() answers the same from any process, manage.py shell included
+    (here SQLite and the in-memory layer: the reports go through the database)."""
+    env = {"NOTIFICATIONS_PRESENCE_INTERVAL": "0.2"}
+    code = "from notifications import presence; print(presence.snapshot())"
+    with ServerProcess(**env) as server:
+        async with ws_connect(server.ws_url, origin=server.origin) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+            deadline = time.monotonic() + 10
+            while True:
+                result = await asyncio.to_thread(manage, "shell", "-c", code)
+                assert result.returncode == 0, result.stderr
+                if "'connections': 1" in result.stdout or time.monotonic() > deadline:
+                    break
+            assert result.stdout.strip().splitlines()[-1] == (
+                "{'users': [], 'anonymous': 1, 'connections': 1}"
+            )
 
 
 # The admin -----------------------------------------------------------------------------------

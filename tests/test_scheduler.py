@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect as ws_connect
 from notifications import broadcasting
 from notifications.models import Broadcast, Event
 
+from .faultkit import RedisServer
 from .server import ServerProcess
 from .support import require_service
 
@@ -72,8 +73,8 @@ async def test_a_request_starts_the_sender_without_any_socket(amake_user):
     assert broadcast.status == Broadcast.Status.SENT
 
 
-async def _exactly_once_with_two_servers(author, count: int = 6) -> None:
-    with ServerProcess() as first, ServerProcess() as second:
+async def _exactly_once_with_two_servers(author, count: int = 6, **env: str) -> None:
+    with ServerProcess(**env) as first, ServerProcess(**env) as second:
         async with (
             ws_connect(first.ws_url, origin=first.origin) as a,
             ws_connect(second.ws_url, origin=second.origin) as b,
@@ -127,3 +128,23 @@ async def test_exactly_once_with_two_server_processes_on_postgres(amake_user):
         "runs on PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
     )
     await _exactly_once_with_two_servers(await amake_user("author", is_superuser=True))
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_exactly_once_with_two_server_processes_on_postgres_and_redis(amake_user):
+    require_service(
+        "postgres",
+        connection.vendor == "postgresql",
+        "runs on PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
+    )
+    require_service(
+        "redis",
+        RedisServer.available(),
+        "needs redis-server on PATH to run a private Redis on a free port "
+        "(apt-get install redis-server)",
+    )
+    author = await amake_user("author", is_superuser=True)
+    with RedisServer() as redis:
+        # Both processes share the layer: each gets every event once from Redis, and counts it.
+        await _exactly_once_with_two_servers(author, REDIS_URL=redis.url)
