@@ -66,18 +66,27 @@ def notify_selected_users(
         except (ValueError, PermissionDenied) as exc:
             modeladmin.message_user(request, f"Nobody was notified: {exc}", messages.ERROR)
             return None
-        count = len(broadcast.pending_users or ())
+        count = broadcasting.named_users(broadcast)
+        state = {
+            Broadcast.Status.SENT: "sent",
+            Broadcast.Status.SCHEDULED: "handed to the background sender",
+        }.get(broadcast.status)
         LogEntry.objects.log_actions(
             request.user.pk,
             Broadcast.objects.filter(pk=broadcast.pk),
             ADDITION,
             change_message=f"Notify selected users ({modeladmin.model._meta.verbose_name_plural}"
-            f"): {count} users; sent now (handed to the background sender).",
+            f"): {count} users; {state or 'failed'}.",
             single_object=True,
         )
+        if state is None:
+            modeladmin.message_user(
+                request, f"Nobody was notified: {broadcast.failure_reason}", messages.ERROR
+            )
+            return None
         modeladmin.message_user(
             request,
-            f"Sending “{broadcast.title}” to {count} users (broadcast #{broadcast.pk}).",
+            f"“{broadcast.title}” to {count} users: {state} (broadcast #{broadcast.pk}).",
             messages.SUCCESS,
         )
         return None

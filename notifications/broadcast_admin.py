@@ -159,6 +159,16 @@ def _skipped(reasons: Counter) -> str:
     return "; ".join(f"{count} skipped: {reason}" for reason, count in sorted(reasons.items()))
 
 
+def _intent(request: HttpRequest) -> str:
+    """The button pressed: ``_send_now``, ``_schedule`` or ``_save``. ``send_now=on`` (the
+    checkbox of earlier versions) still means "Send now"."""
+    if request.method != "POST":
+        return "_save"
+    if request.POST.get("send_now") in ("on", "1", "true"):
+        return "_send_now"
+    return next((name for name in SEND_BUTTONS if name in request.POST), "_save")
+
+
 def _status_reason(broadcast: Broadcast) -> str:
     return {
         Status.SENT: "already sent",
@@ -225,7 +235,7 @@ class BroadcastAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kw: Any):
         form = super().get_form(request, obj, change=change, **kw)
-        intent = next((name for name in SEND_BUTTONS if name in request.POST), "_save")
+        intent = _intent(request)
         return type(form.__name__, (form,), {"intent": intent})
 
     def get_fieldsets(self, request: HttpRequest, obj: Broadcast | None = None) -> Any:
@@ -328,10 +338,6 @@ class BroadcastAdmin(admin.ModelAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        sends = request.method == "POST" and any(name in request.POST for name in SEND_BUTTONS)
-        if sends and not self.has_send_permission(request):
-            # Refused before anything is saved: a draft must not change behind a 403.
-            raise PermissionDenied
         extra_context = {
             **(extra_context or {}),
             "may_send": self.has_send_permission(request),
@@ -348,35 +354,51 @@ class BroadcastAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        # Many-to-many audiences (groups, users) are saved here, so queue only afterwards.
+        # Many-to-many audiences (groups, users) are saved here, so send only afterwards.
         super().save_related(request, form, formsets, change)
         broadcast = form.instance
         try:
             if form.intent == "_send_now":
-                broadcasting.send_now(broadcast, by=request.user)
-                _log(request, broadcast, "Sent now (handed to the background sender).")
-                self.message_user(
-                    request,
-                    f"“{broadcast}” is being sent; its status turns to Sent within seconds.",
-                    messages.SUCCESS,
-                )
+                self._send_now(request, broadcast)
             elif form.intent == "_schedule":
                 broadcasting.schedule(broadcast, by=request.user, at=broadcast.send_at)
                 when = timezone.localtime(broadcast.send_at).strftime("%Y-%m-%d %H:%M:%S")
                 _log(request, broadcast, f"Scheduled for {when}.")
                 self.message_user(request, f"“{broadcast}” scheduled for {when}.")
         except (ValueError, PermissionDenied) as exc:
+            # Refused (no send permission, nobody in the audience): the draft is kept and the
+            # reason said, never silently dropped.
             self.message_user(
                 request, f"“{broadcast}” was saved as a draft, not sent: {exc}", messages.ERROR
             )
 
+    def _send_now(self, request: HttpRequest, broadcast: Broadcast) -> bool | None:
+        """Send or hand over one broadcast and say so; True sent, None handed to the
+        background sender, False failed. Raises what ``broadcasting.send_now`` raises."""
+        outcome = broadcasting.send_now(broadcast, by=request.user)
+        if outcome is None:
+            count = broadcasting.named_users(broadcast)
+            _log(request, broadcast, f"Sent now: {count} named users, handed to the sender.")
+            self.message_user(
+                request,
+                f"“{broadcast}” is being sent to {count} users in the background; its status "
+                "turns to Sent within seconds.",
+                messages.SUCCESS,
+            )
+            return None
+        if outcome.sent:
+            self.message_user(request, f"“{broadcast}” {outcome.detail}.", messages.SUCCESS)
+            return True
+        self.message_user(request, f"“{broadcast}” was not sent: {outcome.detail}", messages.ERROR)
+        return False
+
     def response_add(self, request: HttpRequest, obj: Broadcast, post_url_continue: Any = None):
-        if "_send_now" in request.POST or "_schedule" in request.POST:
+        if _intent(request) != "_save":
             return HttpResponseRedirect(reverse("admin:notifications_broadcast_changelist"))
         return super().response_add(request, obj, post_url_continue)
 
     def response_change(self, request: HttpRequest, obj: Broadcast) -> HttpResponse:
-        if "_send_now" in request.POST or "_schedule" in request.POST:
+        if _intent(request) != "_save":
             return HttpResponseRedirect(reverse("admin:notifications_broadcast_changelist"))
         return super().response_change(request, obj)
 
@@ -384,19 +406,27 @@ class BroadcastAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send selected broadcasts now", permissions=["send"])
     def send_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        sent, skipped = 0, Counter()
+        done = Counter()
+        skipped: Counter = Counter()
         for broadcast in queryset:
             if broadcast.status not in broadcasting.EDITABLE:
                 skipped[_status_reason(broadcast)] += 1
                 continue
             try:
-                broadcasting.send_now(broadcast, by=request.user)
+                outcome = broadcasting.send_now(broadcast, by=request.user)
             except (ValueError, PermissionDenied) as exc:
                 skipped[str(exc)] += 1
                 continue
-            _log(request, broadcast, "Sent now (handed to the background sender).")
-            sent += 1
-        self._report(request, f"{sent} handed to the background sender", sent, skipped)
+            if outcome is None:
+                count = broadcasting.named_users(broadcast)
+                _log(request, broadcast, f"Sent now: {count} named users, handed to the sender.")
+                done["handed to the background sender"] += 1
+            elif outcome.sent:
+                done["sent"] += 1
+            else:
+                skipped[outcome.detail] += 1
+        parts = [f"{count} {what}" for what, count in sorted(done.items())] or ["0 sent"]
+        self._report(request, ", ".join(parts), sum(done.values()), skipped)
 
     @admin.action(description="Cancel selected scheduled broadcasts", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -1,13 +1,15 @@
 """Writes of a broadcast's life: schedule, send now, cancel, duplicate, test, background send.
 
-Every send goes through the background sender: "send now" is a schedule for now, so the admin
-request that sends to 100,000 users only updates one row and returns. Each server process runs
-:func:`send_due` every ``SCHEDULER_INTERVAL`` (realtime/scheduler.py). A due broadcast is
-claimed with one conditional UPDATE (the status and claim time it was read with), so exactly
-one process wins it, on SQLite and PostgreSQL alike, however many processes look; the winner
-sends it through :func:`services.send_broadcast` on behalf of ``scheduled_by``, whose
-permission is checked again then. A refusal marks the broadcast failed, with the reason, and
-writes it to the admin log.
+Each server process runs :func:`send_due` every ``SCHEDULER_INTERVAL`` (realtime/scheduler.py):
+it sends scheduled broadcasts when due, and the "send now" of a large audience (more than
+``SEND_INLINE_MAX_USERS`` named users, which cost a row each), so that the admin request that
+sends to 100,000 users only updates one row and returns. A due broadcast is claimed with one
+conditional UPDATE (the status and claim time it was read with), so exactly one process wins
+it, on SQLite and PostgreSQL alike, however many processes look; "send now" of a smaller
+audience claims the same way and sends in the request. Either way the send goes through
+:func:`services.send_broadcast` on behalf of ``scheduled_by``, whose permission is checked
+again then; a refusal marks the broadcast failed, with the reason, and writes it to the admin
+log.
 """
 
 from __future__ import annotations
@@ -94,9 +96,43 @@ def schedule(
     return broadcast
 
 
-def send_now(broadcast: Broadcast, *, by: AbstractBaseUser) -> Broadcast:
-    """Hand ``broadcast`` to the background sender at once (see the module docstring)."""
-    return schedule(broadcast, by=by, at=timezone.now())
+def named_users(broadcast: Broadcast, *, limit: int | None = None) -> int:
+    """How many users the broadcast names one by one (each costs a row when it is sent);
+    with ``limit``, counting stops there (a cheap "more than N?")."""
+    if broadcast.audience != Broadcast.Audience.USERS:
+        return 0
+    pending = len(broadcast.pending_users or ())
+    # The through table alone (no join with the users): an index-only count.
+    rows = Broadcast.users.through.objects.filter(broadcast_id=broadcast.pk)
+    if limit is not None:
+        rows = rows.values("pk")[: max(limit - pending, 0)]
+    return pending + rows.count()
+
+
+def send_now(broadcast: Broadcast, *, by: AbstractBaseUser) -> Outcome | None:
+    """Send ``broadcast`` now on behalf of ``by``.
+
+    An audience of more than ``SEND_INLINE_MAX_USERS`` named users is handed to the
+    background sender (returns None; it goes out within ``SCHEDULER_INTERVAL``); any other
+    is claimed and sent in this call, exactly as the background sender would (returns the
+    :class:`Outcome`). Raises as :func:`schedule` does.
+    """
+    inline_max = notifications_settings.SEND_INLINE_MAX_USERS
+    if named_users(broadcast, limit=inline_max + 1) > inline_max:
+        schedule(broadcast, by=by, at=timezone.now())
+        return None
+    services.check_may_send(by)
+    _check_audience(broadcast)
+    now = timezone.now()
+    claimed = Broadcast.objects.filter(pk=broadcast.pk, status__in=EDITABLE).update(
+        status=Status.SENDING, send_at=now, scheduled_by=by, claimed_at=now, failure_reason=""
+    )
+    if not claimed:
+        broadcast.refresh_from_db()
+        raise BroadcastStateError(f"it is {broadcast.get_status_display().lower()}")
+    outcome = send_claimed(broadcast.pk)
+    broadcast.refresh_from_db()
+    return outcome
 
 
 def cancel(broadcast: Broadcast) -> bool:
@@ -180,9 +216,11 @@ def notify_users(
     url: str = "",
     level: str = "info",
 ) -> Broadcast:
-    """Send a message to these users through a new broadcast (its follow-up counts reads),
-    handed to the background sender like "send now". Raises ``PermissionDenied`` unless
-    ``by`` may send broadcasts, ``ValueError`` when ``users`` is empty."""
+    """Send a message to these users through a new broadcast to them (its follow-up counts
+    reads), with :func:`send_now`: many users go through the background sender. The ids are
+    stored as one value (``pending_users``), so selecting 100,000 users writes one row here.
+    Raises ``PermissionDenied`` unless ``by`` may send broadcasts, ``ValueError`` when
+    ``users`` is empty."""
     services.check_may_send(by)
     ids = list(users.filter(is_active=True).order_by().values_list("pk", flat=True))
     if not ids:

@@ -12,7 +12,7 @@ import pytest
 from channels.db import database_sync_to_async as db
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group, Permission
-from django.test import AsyncClient
+from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
 from notifications import broadcasting, presence
@@ -76,33 +76,54 @@ def log_messages(broadcast: Broadcast) -> list[str]:
 # Send now ----------------------------------------------------------------------------------------
 
 
-async def test_send_now_reaches_connected_clients_through_the_background_sender(
-    connect, amake_user
-):
+async def test_send_now_reaches_connected_clients(connect, amake_user):
     staff = await amake_user("root", is_staff=True, is_superuser=True)
     alice = await amake_user("alice")
-    sock, anon = await connect(alice), await connect()  # starts the hub and its sender
+    sock, anon = await connect(alice), await connect()
     client = AsyncClient()
     await client.aforce_login(staff)
     response = await client.post(ADD_URL, form(_send_now="Send now"))
     assert response.status_code == 302, response.content[:2000]
     for s in (sock, anon):
-        frame = await s.expect("notification", timeout=5)
+        frame = await s.expect("notification")
         assert (frame["title"], frame["level"]) == ("Maintenance tonight", "warning")
     broadcast = await db(Broadcast.objects.select_related("sent_by", "event").get)()
     assert broadcast.status == Broadcast.Status.SENT and broadcast.sent_by == staff
     assert broadcast.event.id == frame["id"]
     logged = await db(log_messages)(broadcast)
-    assert sorted(logged) == [
-        "Sent now (handed to the background sender).",
-        "Sent to 2 recipients.",  # by the background sender, on the staff member's behalf
-        '[{"added": {}}]',
-    ]
+    assert sorted(logged) == ["Sent to 2 recipients.", '[{"added": {}}]']
 
 
-def test_send_now_only_queues_in_the_request(client, sender):
+async def test_send_now_to_many_named_users_goes_through_the_background_sender(
+    connect, amake_user, settings
+):
+    settings.NOTIFICATIONS = {"SEND_INLINE_MAX_USERS": 1}
+    staff = await amake_user("root", is_staff=True, is_superuser=True)
+    alice, bob = await amake_user("alice"), await amake_user("bob")
+    sock = await connect(alice)  # starts the hub, and with it the sender
+    client = AsyncClient()
+    await client.aforce_login(staff)
+    fields = form(audience="users", users=[alice.pk, bob.pk], _send_now="Send now")
+    response = await client.post(ADD_URL, fields, follow=True)
+    assert "“Maintenance tonight” is being sent to 2 users in the background; its status " in (
+        " ".join(str(m) for m in response.context["messages"])
+    )
+    frame = await sock.expect("notification", timeout=5)  # sent by the hub's sender
+    broadcast = await db(Broadcast.objects.select_related("event").get)()
+    assert broadcast.status == Broadcast.Status.SENT and broadcast.event.id == frame["id"]
+    assert broadcast.event.recipient_count == 2
+    logged = await db(log_messages)(broadcast)
+    assert "Sent now: 2 named users, handed to the sender." in logged
+    assert "Sent to 2 recipients." in logged  # by the sender, on the staff member's behalf
+
+
+def test_send_now_to_many_named_users_only_queues_in_the_request(client, sender, make_user):
+    users = [make_user(f"u{i}") for i in range(3)]
     client.force_login(sender)
-    response = client.post(ADD_URL, form(_send_now="Send now"))
+    with override_settings(NOTIFICATIONS={"SEND_INLINE_MAX_USERS": 2}):
+        response = client.post(
+            ADD_URL, form(audience="users", users=[u.pk for u in users], _send_now="Send now")
+        )
     assert response.status_code == 302
     broadcast = Broadcast.objects.get()
     # The request updated one row; the server's background sender sends.
@@ -130,12 +151,11 @@ def test_group_draft_then_send_action_and_skips(client, sender, make_user):
     assert broadcast.status == Broadcast.Status.DRAFT and Event.objects.count() == 0
     action = {"action": "send_selected", "_selected_action": [broadcast.pk]}
     response = client.post(BASE, action, follow=True)
-    assert "1 handed to the background sender." in messages_of(response)
-    broadcasting.send_due()
+    assert "1 sent." in messages_of(response)
     broadcast.refresh_from_db()
     assert broadcast.event.recipient_count == 1
     response = client.post(BASE, action, follow=True)
-    assert "0 handed to the background sender; 1 skipped: already sent." in messages_of(response)
+    assert "0 sent; 1 skipped: already sent." in messages_of(response)
     page = client.get(f"{BASE}{broadcast.pk}/change/")
     assert b"0 of 1 read (0.0%)" in page.content
     assert b"member" in page.content  # not read by
@@ -320,16 +340,21 @@ def test_staff_without_send_permission_cannot_send_on_any_path(client, composer,
     client.force_login(composer)
     page = client.get(ADD_URL).content.decode()
     assert 'name="_send_now"' not in page and 'name="_save"' in page
-    # The buttons: refused before anything is saved.
-    assert client.post(ADD_URL, form(_send_now="Send now")).status_code == 403
+    # The buttons: the draft is kept, and the refusal said.
+    response = client.post(ADD_URL, form(_send_now="Send now"), follow=True)
+    assert (
+        "“Maintenance tonight” was saved as a draft, not sent: sending a broadcast needs the "
+        "permission notifications.send_broadcast" in messages_of(response)
+    )
     at = timezone.now() + timedelta(hours=1)
     when = {"send_at_0": at.strftime("%Y-%m-%d"), "send_at_1": at.strftime("%H:%M:%S")}
-    assert client.post(ADD_URL, form(_schedule="Schedule", **when)).status_code == 403
-    assert Broadcast.objects.count() == 0
-    # A draft is fine.
-    assert client.post(ADD_URL, form(_save="Save")).status_code == 302
+    response = client.post(ADD_URL, form(title="later", _schedule="Schedule", **when), follow=True)
+    assert any("not sent: sending a broadcast needs" in m for m in messages_of(response))
+    assert set(Broadcast.objects.values_list("status", flat=True)) == {"draft"}
+    Broadcast.objects.filter(title="later").delete()
     draft = Broadcast.objects.get()
-    assert client.post(f"{BASE}{draft.pk}/change/", form(_send_now="1")).status_code == 403
+    client.post(f"{BASE}{draft.pk}/change/", form(_send_now="1"))
+    client.post(f"{BASE}{draft.pk}/change/", form(send_now="on"))  # the old checkbox
     # The action is not offered, and posting it anyway sends nothing.
     listing = client.get(BASE).content.decode()
     assert "send_selected" not in listing and "cancel_selected" in listing
@@ -353,8 +378,8 @@ def test_staff_without_send_permission_cannot_send_on_any_path(client, composer,
 
 def test_exactly_once_claims(sender):
     broadcast = Broadcast.objects.create(title="once", created_by=sender)
-    broadcasting.send_now(broadcast, by=sender)
     now = timezone.now()
+    broadcasting.schedule(broadcast, by=sender, at=now)
     assert broadcasting._claim(now) == [broadcast.pk]
     assert broadcasting._claim(now) == []  # a second process finds nothing to claim
     # A claim whose process died (no send committed) is taken again after the timeout.

@@ -252,19 +252,47 @@ def test_notify_selected_users_action(client, make_user):
         follow=True,
     )
     broadcast = Broadcast.objects.get()
-    assert f"Sending “Hello” to 2 users (broadcast #{broadcast.pk})." in [
+    assert f"“Hello” to 2 users: sent (broadcast #{broadcast.pk})." in [
         str(m) for m in response.context["messages"]
     ]
-    # Handed to the background sender, as a broadcast to those users (with its follow-up).
-    assert broadcast.status == Broadcast.Status.SCHEDULED and Event.objects.count() == 0
-    [outcome] = broadcasting.send_due()
-    assert outcome.sent
+    # A broadcast to those users (with its follow-up), sent by the request: two users are
+    # few (many go through the background sender, test_admin.py).
+    assert broadcast.status == Broadcast.Status.SENT and broadcast.pending_users is None
     event = Event.objects.get()
     assert sorted(event.recipients.values_list("user_id", flat=True)) == [alice.pk, bob.pk]
     assert (event.title, event.body, event.level) == ("Hello", "there", "success")
     assert LogEntry.objects.filter(
         object_id=str(broadcast.pk), change_message__startswith="Notify selected users (users)"
     ).exists()
+
+
+def test_notify_many_selected_users_goes_through_the_background_sender(client, make_user):
+    root = make_user("root", is_staff=True, is_superuser=True)
+    users = [make_user(f"u{i}") for i in range(3)]
+    client.force_login(root)
+    fields = {
+        "action": "notify_selected_users",
+        "select_across": "1",  # "select all": every user of the list, not only this page
+        "index": "0",
+        "_selected_action": [users[0].pk],
+        "apply": "1",
+        "title": "To all",
+        "level": "info",
+    }
+    with override_settings(NOTIFICATIONS={"SEND_INLINE_MAX_USERS": 2}):
+        response = client.post("/admin/auth/user/", fields, follow=True)
+    broadcast = Broadcast.objects.get()
+    assert f"“To all” to 4 users: handed to the background sender (broadcast #{broadcast.pk})." in [
+        str(m) for m in response.context["messages"]
+    ]
+    # One row written in the request: the selection is one value until the sender expands it.
+    assert broadcast.status == Broadcast.Status.SCHEDULED and len(broadcast.pending_users) == 4
+    assert broadcast.users.count() == 0 and Event.objects.count() == 0
+    [outcome] = broadcasting.send_due()
+    assert outcome.sent
+    broadcast.refresh_from_db()
+    assert broadcast.pending_users is None and broadcast.users.count() == 4
+    assert broadcast.event.recipient_count == 4
 
 
 def test_notify_selected_users_needs_the_send_permission(client, make_user):
