@@ -119,7 +119,7 @@ class NotifyUsersMixin:
         return request.user.has_perm(services.SEND_BROADCAST_PERMISSION)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
-        token = _online.set(set(presence.snapshot()["users"]))
+        token = _online.set(presence.online_user_ids())
         try:
             response = super().changelist_view(request, extra_context)  # type: ignore[misc]
             if hasattr(response, "render"):
@@ -134,5 +134,5 @@ class NotifyUsersMixin:
         user_id = getattr(obj, f"{field}_id") if field else obj.pk
         online = _online.get()
         if online is None:  # outside the changelist (a detail page): read it now
-            online = set(presence.snapshot()["users"])
+            online = presence.online_user_ids()
         return user_id in online

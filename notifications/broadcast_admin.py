@@ -501,12 +501,15 @@ class BroadcastAdmin(admin.ModelAdmin):
             audience = audience_of(data)
         except ValueError as exc:  # an audience still being chosen: say what is missing
             return JsonResponse({"error": str(exc)})
-        now = presence.snapshot()
+        try:
+            now = presence.snapshot()
+        except Exception:  # the count still helps while presence is unavailable
+            now = {"users": [], "anonymous": None}
         everyone = audience.reach == "everyone"
         return JsonResponse(
             {
                 "recipients": users_of(audience).count(),
-                "online": count_online(audience, now["users"]),
+                "online": count_online(audience, list(now["users"])),
                 # Anonymous visitors are no recipients (no inbox); an announcement to
                 # everyone is delivered to their open connections too.
                 "anonymous_connections": now["anonymous"] if everyone else None,

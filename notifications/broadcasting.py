@@ -83,6 +83,8 @@ def schedule(
     when = at or timezone.now()
     if timezone.is_naive(when):
         raise ValueError("the send time must be an aware datetime")
+    if broadcast.expires_at is not None and broadcast.expires_at <= when:
+        raise ValueError("it would expire before it is sent")
     queued = Broadcast.objects.filter(pk=broadcast.pk, status__in=EDITABLE).update(
         status=Status.SCHEDULED,
         send_at=when,

@@ -16,6 +16,7 @@ read them:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import uuid
@@ -28,10 +29,16 @@ from django.utils import timezone
 
 from .conf import notifications_settings
 
-__all__ = ["ProcessReport", "overview", "process_id", "processes", "snapshot"]
+__all__ = [
+    "ProcessReport",
+    "online_user_ids",
+    "overview",
+    "process_id",
+    "processes",
+    "snapshot",
+]
 
-REDIS_PREFIX = "notifications:presence:"
-REDIS_INDEX = REDIS_PREFIX + "processes"
+logger = logging.getLogger(__name__)
 
 # Unique per process (a pid alone repeats across machines and restarts).
 _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -86,6 +93,13 @@ def redis_url() -> str | None:
     return str(host)
 
 
+def _prefix() -> str:
+    """Keys live under the channel layer's own prefix, so sites sharing a Redis (each with
+    its prefix) do not see each other's connections."""
+    layer = settings.CHANNEL_LAYERS.get(notifications_settings.CHANNEL_LAYER, {})
+    return f"{layer.get('CONFIG', {}).get('prefix', 'asgi')}:notifications:presence:"
+
+
 _redis_clients: dict[str, Any] = {}
 
 
@@ -110,9 +124,10 @@ def report(state: ProcessReport) -> None:
     """Store this process's report (called by the server's presence loop)."""
     if redis_url() is not None:
         client = _redis()
+        prefix = _prefix()
         pipe = client.pipeline()
-        pipe.set(REDIS_PREFIX + state.process, state.to_json(), px=int(_ttl() * 1000))
-        pipe.sadd(REDIS_INDEX, state.process)
+        pipe.set(prefix + state.process, state.to_json(), px=int(_ttl() * 1000))
+        pipe.sadd(prefix + "processes", state.process)
         pipe.execute()
         return
     from .models import PresenceProcess
@@ -131,9 +146,9 @@ def report(state: ProcessReport) -> None:
 def withdraw(process: str) -> None:
     """Forget a process's report (it stops)."""
     if redis_url() is not None:
-        client = _redis()
-        client.delete(REDIS_PREFIX + process)
-        client.srem(REDIS_INDEX, process)
+        client, prefix = _redis(), _prefix()
+        client.delete(prefix + process)
+        client.srem(prefix + "processes", process)
         return
     from .models import PresenceProcess
 
@@ -143,14 +158,14 @@ def withdraw(process: str) -> None:
 def processes() -> list[ProcessReport]:
     """The live reports of every server process, by process name."""
     if redis_url() is not None:
-        client = _redis()
-        names = sorted(name.decode() for name in client.smembers(REDIS_INDEX))
+        client, prefix = _redis(), _prefix()
+        names = sorted(name.decode() for name in client.smembers(prefix + "processes"))
         if not names:
             return []
-        values = client.mget([REDIS_PREFIX + name for name in names])
+        values = client.mget([prefix + name for name in names])
         gone = [name for name, value in zip(names, values, strict=True) if value is None]
         if gone:  # expired: the process stopped reporting
-            client.srem(REDIS_INDEX, *gone)
+            client.srem(prefix + "processes", *gone)
         return [ProcessReport.from_json(value) for value in values if value is not None]
     from .models import PresenceProcess
 
@@ -179,6 +194,16 @@ def snapshot() -> dict[str, Any]:
         "anonymous": sum(report.anonymous for report in reports),
         "connections": sum(report.connections for report in reports),
     }
+
+
+def online_user_ids() -> set[int]:
+    """The ids of the users online now, or an empty set (logged) when the presence store
+    cannot be read: an "online" column must not take a page down with Redis."""
+    try:
+        return set(snapshot()["users"])
+    except Exception:
+        logger.warning("presence is unavailable; showing nobody online", exc_info=True)
+        return set()
 
 
 def overview(*, limit: int = 500) -> dict[str, Any]:

@@ -129,8 +129,24 @@ def test_snapshot_through_redis_expires_reports(settings):
         assert not PresenceProcess.objects.exists()  # Redis, not the database
         presence.withdraw("a")
         assert presence.snapshot()["connections"] == 4
+        # Another site on the same Redis (its layer has its own prefix) sees none of it.
+        other = redis_layers(redis.url)
+        other["default"]["CONFIG"]["prefix"] = "othersite"
+        with override_settings(CHANNEL_LAYERS=other):
+            assert presence.snapshot() == {"users": [], "anonymous": 0, "connections": 0}
         # "b" stops reporting: it drops out after the TTL.
         wait_until(lambda: presence.snapshot()["connections"] == 0, timeout=3, what="expiry")
+
+
+@pytest.mark.redis
+def test_online_user_ids_survive_a_redis_outage(settings):
+    need_redis()
+    with RedisServer() as redis:
+        url = redis.url
+    with override_settings(CHANNEL_LAYERS=redis_layers(url)):  # nothing listens there now
+        with pytest.raises(Exception):  # noqa: B017 - redis-py's connection error
+            presence.snapshot()
+        assert presence.online_user_ids() == set()
 
 
 @pytest.mark.redis
