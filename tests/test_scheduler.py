@@ -73,6 +73,17 @@ async def test_a_request_starts_the_sender_without_any_socket(amake_user):
     assert broadcast.status == Broadcast.Status.SENT
 
 
+async def test_uvicorn_starts_the_sender_at_server_start(amake_user):
+    """The ASGI lifespan startup starts the hub: no request or socket is needed."""
+    author = await amake_user("author", is_staff=True, is_superuser=True)
+    with ServerProcess(server="uvicorn") as server:
+        await db(_schedule)(author, "Nobody asked", timezone.now())
+        deadline = time.monotonic() + 5
+        while not await db(Event.objects.exists)():
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            await asyncio.sleep(0.05)
+
+
 async def _exactly_once_with_two_servers(author, count: int = 6, **env: str) -> None:
     with ServerProcess(**env) as first, ServerProcess(**env) as second:
         async with (

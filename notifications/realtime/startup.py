@@ -25,6 +25,26 @@ def _log_failure(task: asyncio.Task) -> None:
         logger.warning("the hub did not start: %s", task.exception())
 
 
+def _start(hub: Any) -> None:
+    if id(hub) not in _started:
+        _started.add(id(hub))
+        asyncio.ensure_future(hub.ready()).add_done_callback(_log_failure)
+
+
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol (uvicorn, hypercorn): start the hub at server start, so a
+    process that gets no request yet still sends its due broadcasts. Daphne does not speak
+    it; there the first request or socket starts the hub."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            _start(get_hub())  # not awaited: a database down at start must not stop the server
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 class StartHub:
     """ASGI middleware for the HTTP app: start the hub (without waiting) on a request."""
 
@@ -32,8 +52,5 @@ class StartHub:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        hub = get_hub()
-        if id(hub) not in _started:
-            _started.add(id(hub))
-            asyncio.ensure_future(hub.ready()).add_done_callback(_log_failure)
+        _start(get_hub())
         await self.app(scope, receive, send)
