@@ -487,3 +487,21 @@ def test_read_timeline_is_cumulative_from_the_send(client, sender, make_user):
         (2, 66.7),  # 25
         (2, 66.7),  # 30
     ]
+
+
+def test_cancel_and_duplicate_need_their_permissions(client, sender, make_user):
+    client.force_login(sender)
+    at = timezone.now() + timedelta(hours=1)
+    when = {"send_at_0": at.strftime("%Y-%m-%d"), "send_at_1": at.strftime("%H:%M:%S")}
+    client.post(ADD_URL, form(_schedule="Schedule", **when))
+    broadcast = Broadcast.objects.get()
+    viewer = make_user("viewer", is_staff=True)
+    viewer.user_permissions.set(perms("view_broadcast"))
+    client.force_login(viewer)
+    page = client.get(f"{BASE}{broadcast.pk}/change/").content.decode()
+    assert "Cancel the scheduled send" not in page and "Duplicate as a draft" not in page
+    assert client.post(f"{BASE}{broadcast.pk}/cancel/").status_code == 403
+    assert client.post(f"{BASE}{broadcast.pk}/duplicate/").status_code == 403
+    assert client.get(f"{BASE}{broadcast.pk}/cancel/").status_code in (403, 405)
+    broadcast.refresh_from_db()
+    assert broadcast.status == Broadcast.Status.SCHEDULED and Broadcast.objects.count() == 1
