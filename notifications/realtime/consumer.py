@@ -381,8 +381,8 @@ class NotificationConsumer:
         assert self.conn is not None
         if not await database_sync_to_async(presence_watch.may_watch)(self.user):
             raise FrameError("forbidden", "presence is for staff who may view it", frame.ref)
-        answer = await presence_watch.watch(self.hub, self.conn)
-        await self.send_frame(frames.with_ref(answer, frame.ref))
+        await self.send_frame(frames.with_ref(await presence_watch.current(), frame.ref))
+        presence_watch.watch(self.hub, self.conn)
 
     async def on_read_all(self, frame: ClientFrame) -> None:
         assert self.conn is not None

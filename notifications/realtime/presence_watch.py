@@ -53,10 +53,15 @@ def presence_frame(data: dict[str, Any]) -> dict[str, Any]:
     return {"type": "presence", **data}
 
 
-async def watch(hub: Hub, conn: Connection) -> dict[str, Any]:
-    """Add ``conn`` to the hub's watchers; the frame to answer with (the current figures)."""
-    _watchers.setdefault(hub, set()).add(conn)
+async def current() -> dict[str, Any]:
+    """A ``presence`` frame of the figures now."""
     return presence_frame(await _read_overview())
+
+
+def watch(hub: Hub, conn: Connection) -> None:
+    """Push the figures to ``conn`` after each of the hub's reports from now on. Call it after
+    answering with :func:`current`, so that the answer (with its ``ref``) comes first."""
+    _watchers.setdefault(hub, set()).add(conn)
 
 
 async def push(hub: Hub) -> None:
