@@ -62,6 +62,7 @@ IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the port at connect(), not at b
 ID_RE = re.compile(rb'"id": ?(\d+)')
 T_RE = re.compile(rb'"t": ?([0-9.eE+-]+)')
 NOTIFICATION = b'"notification"'
+PUSH = b'"type":"push"'  # transient pushes (bench/emitters.PushEmitter) count like events
 REPLAYED = b'"replayed"'
 
 
@@ -269,7 +270,7 @@ class WSClient(asyncio.Protocol):
                     self.peer.on_hello(payload, now)
                 self.ready.set_result(None)
                 continue
-            if NOTIFICATION not in payload:
+            if NOTIFICATION not in payload and not payload.startswith(b"{" + PUSH):
                 stats.other_frames += 1
                 if self.peer is not None:
                     self.peer.on_frame(payload, now)

@@ -58,6 +58,22 @@ class OursEmitter:
         pass
 
 
+class PushEmitter:
+    """Emits a transient push (``notifications.apush``) to everyone: nothing is stored. The
+    frame is ``{"type": "push", "event": "bench", "data": {"id": SEQ, "t": T}}``, which the
+    clients count like a notification (bench/clients.py)."""
+
+    async def emit(self, seq: int) -> tuple[int, float]:
+        from notifications import apush
+
+        t = time.time()
+        await apush("everyone", "bench", {"id": seq, "t": t})
+        return seq, t
+
+    async def close(self) -> None:
+        pass
+
+
 class BareEmitter:
     def __init__(self, redis_url: str, channel: str) -> None:
         import redis.asyncio as redis

@@ -385,9 +385,11 @@ class Case:
             f"{self.name}: RSS {self.rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
             f"= {case['rss_per_conn_kib']} KiB/conn; idle CPU {self.idle_rate * 100:.1f}%"
         )
-        from .emitters import BareEmitter, OursEmitter, StockEmitter
+        from .emitters import BareEmitter, OursEmitter, PushEmitter, StockEmitter
 
-        if self.kind.startswith("ours"):
+        if self.kind.endswith("-push"):
+            self.emitter = PushEmitter()
+        elif self.kind.startswith("ours"):
             self.emitter = OursEmitter()
         elif self.kind == "stock":
             self.emitter = StockEmitter(args.redis_url, self.group)
@@ -907,7 +909,11 @@ def snapshot(tmp: Path) -> tuple[Path, dict]:
 def setup_django(env: dict[str, str]) -> None:
     """Configure Django in this process (the emitter) exactly like the servers."""
     for key in list(os.environ):
-        if key.startswith(("DJANGO_", "NOTIFICATIONS_")) or key in ("DATABASE_URL", "REDIS_URL"):
+        if key.startswith(("DJANGO_", "NOTIFICATIONS_")) or key in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "REDIS_PREFIX",
+        ):
             del os.environ[key]
     os.environ.update(env)
     os.environ["NOTIFICATIONS_LOG_LEVEL"] = "WARNING"

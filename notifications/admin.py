@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from . import selectors
-from .models import Event, Subscription, Topic
+from .api import tokens as api_tokens
+from .models import ApiScope, ApiToken, Event, Subscription, Topic
 
 
 class SubscriptionInline(admin.TabularInline):
@@ -69,6 +71,82 @@ class EventAdmin(admin.ModelAdmin):
     @admin.display(description="read")
     def read_statistics(self, event: Event) -> str:
         return _stats_html(event)
+
+
+class ApiTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiScope.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Audience keys this token may use; none ticked: all of them.",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["name", "scopes", "rate"]
+
+    def clean_rate(self) -> int | None:
+        rate = self.cleaned_data.get("rate")
+        if rate is not None and rate < 1:
+            raise forms.ValidationError("at least 1 request per minute")
+        return rate
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """HTTP API tokens. The value is shown once, after "Save"; revoking is an action."""
+
+    form = ApiTokenForm
+    list_display = [
+        "name",
+        "prefix",
+        "scope_list",
+        "rate",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke_selected"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
+        if obj is None:
+            return ["name", "scopes", "rate"]
+        return ["name", "prefix", "scopes", "rate", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="scopes")
+    def scope_list(self, token: ApiToken) -> str:
+        return ", ".join(token.scopes) or "all"
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        raw = None if change else api_tokens.issue(obj)
+        super().save_model(request, obj, form, change)
+        if raw is not None:
+            # The only time the value exists outside the client: the database keeps a digest.
+            self.message_user(
+                request,
+                format_html(
+                    "The token “{}” is <code>{}</code>. Copy it now: it will not be shown again.",
+                    obj.name,
+                    raw,
+                ),
+                messages.WARNING,
+            )
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.change_apitoken")
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            token, changed = api_tokens.revoke_token(token.name)
+            if changed:
+                self.log_change(request, token, "Revoked.")
+                revoked += 1
+        self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
 
 
 # The broadcast console (compose, schedule, follow-up) has its own module.

@@ -53,6 +53,7 @@ class Audience:
     topic: Topic | None = None
     reach: str = Reach.TARGETED
     permission: int | None = None
+    channel: str | None = None
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class Audience:
         topic: Topic | str | None = None,
         reach: str = Reach.TARGETED,
         permission: Permission | str | None = None,
+        channel: str | None = None,
     ) -> None:
         if reach not in Reach.values:
             raise ValueError(f"reach must be one of {Reach.values!r}, not {reach!r}")
@@ -72,11 +74,17 @@ class Audience:
         object.__setattr__(
             self, "permission", _permission(permission) if permission is not None else None
         )
+        object.__setattr__(self, "channel", _channel(channel) if channel is not None else None)
 
     @property
     def is_empty(self) -> bool:
         return not (
-            self.users or self.groups or self.topic or self.reach or self.permission is not None
+            self.users
+            or self.groups
+            or self.topic
+            or self.reach
+            or self.permission is not None
+            or self.channel is not None
         )
 
 
@@ -125,6 +133,17 @@ def _permission(value: Permission | str) -> int:
     return pk
 
 
+def _channel(value: str) -> str:
+    """A registered object channel's name (notifications.channels)."""
+    from . import channels
+
+    if not channels.is_channel_name(value):
+        raise ValueError(f"not a channel name: {value!r}")
+    if channels.resolve(value) is None:
+        raise ValueError(f"no channel pattern matches {value!r} (register one with @channel)")
+    return value
+
+
 def _topic(value: Topic | str) -> Topic:
     if isinstance(value, Topic):
         if value.pk is None:
@@ -148,11 +167,12 @@ def resolve(recipients: Any) -> Audience:
     if isinstance(recipients, Audience):
         audience = recipients
     elif isinstance(recipients, str):
-        audience = (
-            Audience(reach=Reach.EVERYONE)
-            if recipients == EVERYONE
-            else (Audience(topic=recipients))
-        )
+        if recipients == EVERYONE:
+            audience = Audience(reach=Reach.EVERYONE)
+        elif "." in recipients:  # topic slugs have no dot: an object channel ("orders.42")
+            audience = Audience(channel=recipients)
+        else:
+            audience = Audience(topic=recipients)
     elif isinstance(recipients, user_model):
         audience = Audience(users=[recipients])
     elif isinstance(recipients, Group):
@@ -269,17 +289,23 @@ def visible_to(
     user: AbstractBaseUser | AnonymousUser,
     *,
     extra_topic_ids: Iterable[int] = (),
+    channels: Iterable[str] = (),
     now: datetime | None = None,
 ) -> Q:
     """A filter on :class:`Event` for the events ``user`` may see now.
 
     ``extra_topic_ids`` are topics followed for the duration of one connection (anonymous
-    visitors' subscriptions to public topics). Expired events are nobody's.
+    visitors' subscriptions to public topics); ``channels`` object channels the connection
+    follows, which the caller has just authorised (notifications.channels). Without them,
+    channel events are in nobody's inbox. Expired events are nobody's.
     """
     extra = list(extra_topic_ids)
+    followed_channels = sorted(set(channels))
     q = Q(reach=Reach.EVERYONE)
     if extra:
         q |= Q(to_topic=True, topic_id__in=extra)
+    if followed_channels:
+        q |= Q(channel__in=followed_channels)
     if user.is_authenticated:
         uid, joined = user.pk, user.date_joined
         q = Q(reach__in=[Reach.EVERYONE, Reach.AUTHENTICATED], created_at__gte=joined)
@@ -287,6 +313,8 @@ def visible_to(
             q |= Q(reach=Reach.STAFF, created_at__gte=joined)
         if extra:
             q |= Q(to_topic=True, topic_id__in=extra)
+        if followed_channels:
+            q |= Q(channel__in=followed_channels)
         q |= Exists(Recipient.objects.filter(event=OuterRef("pk"), user=uid))
         q |= Exists(Event.groups.through.objects.filter(event=OuterRef("pk"), group__user=uid))
         q |= Q(to_topic=True) & follows_topic(uid, OuterRef("topic"))
@@ -303,7 +331,8 @@ def _reached_users(
     topic_id: int | None,
     permission_id: int | None,
 ) -> QuerySet:
-    """Active users an audience reaches, as :func:`visible_to` would show it to each of them.
+    """Active users an audience reaches, as :func:`visible_to` would show it to each of them
+    in their inbox (an object channel reaches sockets, not inboxes: it adds nobody).
 
     ``joined_by``: the event's creation time (users who joined later do not see broad
     announcements sent before), None before the event exists. ``users``, ``groups``: ids or
@@ -413,16 +442,29 @@ def _membership_query(shape: tuple, *, user_id: int) -> list[tuple[str, int]]:
 _MEMBERSHIP = CompiledQuery(_membership_query)
 
 
-def matches(membership: Membership, message: dict[str, Any]) -> bool:
-    """Whether a socket with ``membership`` receives a live event (a ``messages.event``);
-    the definition that ``Hub._targets`` implements with indexes. ``users`` must be a list."""
+def matches(
+    membership: Membership,
+    message: dict[str, Any],
+    *,
+    topics: frozenset[int] = frozenset(),
+    channels: frozenset[str] = frozenset(),
+) -> bool:
+    """Whether a socket with ``membership`` receives a live event (a ``messages.event`` or
+    ``messages.push``); the definition that ``Hub._targets`` implements with indexes.
+    ``topics`` and ``channels`` are what the connection follows for itself (anonymous
+    visitors' topics, authorised object channels). ``users`` must be a list."""
     reach = message["reach"]
     if reach == Reach.EVERYONE:
+        return True
+    topic, channel = message["topic"], message.get("channel")
+    if topic is not None and topic in topics:
+        return True
+    if channel is not None and channel in channels:
         return True
     uid = membership.user_id
     if uid is None:
         return False
-    topic, permission = message["topic"], message.get("permission")
+    permission = message.get("permission")
     return (
         reach == Reach.AUTHENTICATED
         or (reach == Reach.STAFF and membership.is_staff)

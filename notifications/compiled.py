@@ -31,9 +31,20 @@ from django.db import connections
 from django.db.models import DateTimeField
 
 _DATETIME = DateTimeField()
-# Sentinels are values no real row or argument has: negative ids far below any real one, and
-# instants in the year 1901.
-_int_sentinels = itertools.count(-(2**62), 7919)
+# Sentinels are values no real row or argument has: negative integers far below any real id,
+# and instants in the year 1901. The integers stay within 32 bits: Django compiles a lookup on
+# a 32-bit column (PostgreSQL's ``integer`` AutoField, auth_user.id) with a value out of its
+# range to a constant false, which would drop the slot from the SQL (seen on PostgreSQL with
+# ``pk=user_id`` in the audience rule's superuser check).
+_INT_SENTINEL_LOW, _INT_SENTINEL_HIGH = -(2**31) + 1, -(2**30)
+_sentinel_counter = itertools.count()  # next() on it is atomic (C code, under the GIL)
+
+
+def _int_sentinel() -> int:
+    n = next(_sentinel_counter)
+    return _INT_SENTINEL_LOW + (n * 7919) % (_INT_SENTINEL_HIGH - _INT_SENTINEL_LOW)
+
+
 _datetime_base = datetime(1901, 1, 1, tzinfo=UTC)
 
 
@@ -101,11 +112,11 @@ def _sentinel(value: Any) -> Any:
     if isinstance(value, bool):
         raise TypeError("a bool changes the SQL: put it in the shape")
     if isinstance(value, int):
-        return next(_int_sentinels)
+        return _int_sentinel()
     if isinstance(value, datetime):
-        return _datetime_base + timedelta(microseconds=-next(_int_sentinels) % 10**12)
+        return _datetime_base + timedelta(microseconds=-_int_sentinel() % 10**12)
     if isinstance(value, str):
-        return f"compiled-sentinel{next(_int_sentinels)}"
+        return f"compiled-sentinel{_int_sentinel()}"
     raise TypeError(f"unsupported value type {type(value).__name__}")
 
 

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.
     "IDEMPOTENCY_WINDOW": 24 * 3600,
+    # Largest encoded `push` frame (services.push) in bytes: transient frames go to every
+    # matching socket at once and are not stored, so they stay small.
+    "MAX_PUSH_BYTES": 16 * 1024,
     # Users per group_send message before the hub looks recipients up in the database.
     "MAX_INLINE_RECIPIENTS": 1000,
     # Write pre-built frames straight to the server's transport (daphne, uvicorn) instead of
@@ -60,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # HTTP API (docs/api.md): requests per minute per token when the token sets no rate.
+    "API_RATE": 600,
+    # HTTP API: largest request body in bytes (a batch of 100 included); bigger gets 400.
+    "API_MAX_BODY_BYTES": 512 * 1024,
     # Seconds between each server process's looks for broadcasts due to be sent (scheduled
     # ones and "send now"); a due broadcast goes out within about this long.
     "SCHEDULER_INTERVAL": 0.5,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -131,6 +133,13 @@ class Event(models.Model):
         related_name="+",
         help_text="Sent to the active users who have this permission.",
     )
+    channel = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Sent to the sockets following this object channel (notifications.channels), "
+        "for example orders.42; not kept in inboxes.",
+    )
     expires_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -139,12 +148,25 @@ class Event(models.Model):
     recipient_count = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # What the notification is about (notify(..., target=obj)), like django-notifications-hq's
+    # target: any model instance. Not a foreign key, so deleting the object leaves the event;
+    # notifications/targets.py clears the reference when the site asks it to.
+    target_content_type = models.ForeignKey(
+        ContentType, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    target_object_id = models.CharField(max_length=255, blank=True, default="")
+    target = GenericForeignKey("target_content_type", "target_object_id")
 
     class Meta:
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["reach", "id"], name="notifications_event_reach"),
             models.Index(fields=["to_topic", "topic"], name="notifications_event_topic"),
+            models.Index(
+                fields=["target_content_type", "target_object_id"],
+                name="notifications_event_target",
+            ),
+            models.Index(fields=["channel", "id"], name="notifications_event_channel"),
         ]
 
     def __str__(self) -> str:
@@ -303,6 +325,74 @@ class Broadcast(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class ApiScope(models.TextChoices):
+    """Audience keys of the HTTP API that a token may be limited to (PROTOCOL.md)."""
+
+    USERS = "users", "Named users"
+    GROUPS = "groups", "Groups"
+    TOPIC = "topic", "Topic subscribers"
+    EVERYONE = "everyone", "Everyone"
+    STAFF = "staff", "Staff"
+    AUTHENTICATED = "authenticated", "All signed-in users"
+    PERMISSION = "permission", "Users with a permission"
+
+
+def validate_api_scopes(value: object) -> None:
+    if not isinstance(value, list) or not all(item in ApiScope.values for item in value):
+        raise ValidationError(f"scopes must be a list of {', '.join(ApiScope.values)}")
+
+
+class ApiToken(models.Model):
+    """A bearer token of the HTTP API (notifications/api/tokens.py makes and checks them).
+
+    Only the SHA-256 digest of the token is stored: tokens are 32 random bytes, so a fast
+    hash is as strong as a slow one here and keeps every request cheap. ``prefix`` is the
+    token's first characters, not secret, shown in lists so that people can tell tokens apart.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    prefix = models.CharField(max_length=12, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_api_scopes],
+        help_text="Audience keys this token may use; empty: all of them.",
+    )
+    rate = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text='Requests per minute; empty: NOTIFICATIONS["API_RATE"].',
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiRateWindow(models.Model):
+    """Requests one token made in one minute, counted in the database so that the limit holds
+    across server processes."""
+
+    token = models.ForeignKey(ApiToken, on_delete=models.CASCADE, related_name="+")
+    minute = models.BigIntegerField(help_text="Minutes since the epoch.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["token", "minute"], name="notifications_rate_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.token_id} @ {self.minute}: {self.count}"
 
 
 class PresenceProcess(models.Model):

@@ -79,18 +79,15 @@ class ProcessReport:
         )
 
 
-def redis_url() -> str | None:
-    """The Redis the channel layer uses, or None (in-memory layer: use the database)."""
+def redis_host() -> Any | None:
+    """The first Redis host of the channel layer (a URL, a dict with ``address`` or with
+    ``sentinels``, or a (host, port) pair), or None for a layer without Redis (then the
+    database keeps the reports). With shards, every process uses the first one."""
     layer = settings.CHANNEL_LAYERS.get(notifications_settings.CHANNEL_LAYER, {})
     if not str(layer.get("BACKEND", "")).startswith("channels_redis"):
         return None
     hosts = layer.get("CONFIG", {}).get("hosts") or ["redis://127.0.0.1:6379"]
-    host = hosts[0]
-    if isinstance(host, dict):
-        host = host.get("address", "redis://127.0.0.1:6379")
-    if isinstance(host, (tuple, list)):
-        return f"redis://{host[0]}:{host[1]}"
-    return str(host)
+    return hosts[0]
 
 
 def _prefix() -> str:
@@ -101,18 +98,42 @@ def _prefix() -> str:
 
 
 _redis_clients: dict[str, Any] = {}
+_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}
+
+
+def _connect(host: Any) -> Any:
+    import redis
+
+    if isinstance(host, dict) and "sentinels" in host:
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(
+            [tuple(item) for item in host["sentinels"]],
+            sentinel_kwargs=host.get("sentinel_kwargs"),
+            **_TIMEOUTS,
+        )
+        return sentinel.master_for(
+            host.get("master_name", "mymaster"),
+            db=host.get("db", 0),
+            password=host.get("password"),
+            **_TIMEOUTS,
+        )
+    if isinstance(host, dict):
+        options = {key: value for key, value in host.items() if key != "address"}
+        return redis.Redis.from_url(host["address"], **{**_TIMEOUTS, **options})
+    if isinstance(host, (tuple, list)):
+        return redis.Redis(host=host[0], port=int(host[1]), **_TIMEOUTS)
+    # A URL; rediss:// and its query (TLS options) are redis-py's own.
+    return redis.Redis.from_url(str(host), **_TIMEOUTS)
 
 
 def _redis() -> Any:
-    import redis
-
-    url = redis_url()
-    assert url is not None
-    client = _redis_clients.get(url)
+    host = redis_host()
+    assert host is not None
+    key = repr(host)
+    client = _redis_clients.get(key)
     if client is None:
-        client = _redis_clients[url] = redis.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2
-        )
+        client = _redis_clients[key] = _connect(host)
     return client
 
 
@@ -122,7 +143,7 @@ def _ttl() -> float:
 
 def report(state: ProcessReport) -> None:
     """Store this process's report (called by the server's presence loop)."""
-    if redis_url() is not None:
+    if redis_host() is not None:
         client = _redis()
         prefix = _prefix()
         pipe = client.pipeline()
@@ -145,7 +166,7 @@ def report(state: ProcessReport) -> None:
 
 def withdraw(process: str) -> None:
     """Forget a process's report (it stops)."""
-    if redis_url() is not None:
+    if redis_host() is not None:
         client, prefix = _redis(), _prefix()
         client.delete(prefix + process)
         client.srem(prefix + "processes", process)
@@ -157,7 +178,7 @@ def withdraw(process: str) -> None:
 
 def processes() -> list[ProcessReport]:
     """The live reports of every server process, by process name."""
-    if redis_url() is not None:
+    if redis_host() is not None:
         client, prefix = _redis(), _prefix()
         names = sorted(name.decode() for name in client.smembers(prefix + "processes"))
         if not names:

@@ -76,11 +76,14 @@ def _with_read_flag(events: QuerySet, user: AnyUser) -> QuerySet:
     )
 
 
-def visible_events(user: AnyUser, *, extra_topic_ids: Iterable[int] = ()) -> QuerySet:
-    """Events ``user`` may see, newest first."""
-    return Event.objects.filter(visible_to(user, extra_topic_ids=extra_topic_ids)).select_related(
-        "topic"
-    )
+def visible_events(
+    user: AnyUser, *, extra_topic_ids: Iterable[int] = (), channels: Iterable[str] = ()
+) -> QuerySet:
+    """Events ``user`` may see, newest first (``channels``: object channels the caller has
+    authorised for this read)."""
+    return Event.objects.filter(
+        visible_to(user, extra_topic_ids=extra_topic_ids, channels=channels)
+    ).select_related("topic")
 
 
 def unread_count(user: AnyUser, *, upto: int | None = None) -> int | None:
@@ -194,16 +197,21 @@ def replay(
     limit: int,
     extra_topic_ids: Iterable[int] = (),
     topic_id: int | None = None,
+    channels: Iterable[str] = (),
+    channel: str | None = None,
 ) -> list[Event]:
     """Events with ``after < id <= upto`` that ``user`` may see, oldest first, at most ``limit``.
 
-    With ``topic_id``, only that topic's events. Each event carries ``is_read``.
+    With ``topic_id`` (or ``channel``), only that topic's (channel's) events. ``channels``:
+    object channels the caller has just authorised. Each event carries ``is_read``.
     """
-    events = visible_events(user, extra_topic_ids=extra_topic_ids).filter(
+    events = visible_events(user, extra_topic_ids=extra_topic_ids, channels=channels).filter(
         id__gt=after, id__lte=upto
     )
     if topic_id is not None:
         events = events.filter(to_topic=True, topic_id=topic_id)
+    if channel is not None:
+        events = events.filter(channel=channel)
     return list(_with_read_flag(events, user).order_by("id")[:limit])
 
 
@@ -269,3 +277,18 @@ def users_in_groups(group_ids: Iterable[int]) -> list[int]:
         return []
     users = get_user_model()._default_manager.filter(groups__in=ids)
     return list(users.values_list("pk", flat=True).distinct())
+
+
+def notifications_about(
+    obj: object, *, user: AbstractBaseUser | AnonymousUser | None = None
+) -> QuerySet[Event]:
+    """Events sent with ``notify(..., target=obj)``, newest first; with ``user``, only those
+    that user may see (the same rule as the inbox). ``ValueError`` unless ``obj`` is a saved
+    model instance."""
+    from .targets import target_reference
+
+    content_type, pk = target_reference(obj)
+    events = Event.objects.filter(target_content_type=content_type, target_object_id=pk)
+    if user is not None:
+        events = events.filter(visible_to(user))
+    return events.order_by("-id")

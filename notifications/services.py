@@ -8,7 +8,9 @@ every place that sends.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -19,6 +21,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from . import signals
@@ -40,6 +43,7 @@ from .models import (
 from .realtime import frames, messages
 from .realtime.publish import publish_raw
 from .selectors import stream_cursor, unread_count
+from .targets import target_reference
 from .validation import check_json, check_text
 
 logger = logging.getLogger(__name__)
@@ -64,6 +68,12 @@ def _lock_stream() -> None:
 
 def _on_commit(message: dict[str, Any]) -> None:
     transaction.on_commit(partial(publish_raw, message), robust=True)
+
+
+def validate_url(url: str) -> str:
+    """Return ``url`` if a notification may link to it (relative or http(s), at most 500
+    characters); raise ``ValueError`` otherwise."""
+    return _validate_url(url)
 
 
 def _validate_url(url: str) -> str:
@@ -105,14 +115,7 @@ def _label_topic(topic: Topic | str | None, audience: Audience) -> Topic | None:
 
 def _check_users_exist(user_ids: Iterable[int]) -> int:
     """Raise for ids of no user; return how many of them are active (one query)."""
-    ids = set(user_ids)
-    found = dict(
-        get_user_model()._default_manager.filter(pk__in=ids).values_list("pk", "is_active")
-    )
-    missing = ids - set(found)
-    if missing:
-        raise ValueError(f"no user with id {', '.join(map(str, sorted(missing)))}")
-    return sum(1 for active in found.values() if active)
+    return sum(1 for active in _active_flags(set(user_ids)).values() if active)
 
 
 def _recipient_count(audience: Audience, active_named: int) -> int:
@@ -124,9 +127,48 @@ def _recipient_count(audience: Audience, active_named: int) -> int:
 
 def _check_groups_exist(group_ids: Iterable[int]) -> None:
     ids = set(group_ids)
+    if not ids:
+        return
     missing = ids - set(Group.objects.filter(pk__in=ids).values_list("pk", flat=True))
     if missing:
         raise ValueError(f"no group with id {', '.join(map(str, sorted(missing)))}")
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification for :func:`notify_many`: :func:`notify`'s arguments."""
+
+    recipients: Any
+    title: str
+    body: str = ""
+    url: str = ""
+    level: str = "info"
+    topic: Topic | str | None = None
+    data: dict[str, Any] | None = None
+    actor: AbstractBaseUser | None = None
+    idempotency_key: str | None = None
+    expires_at: datetime | None = None
+    target: Model | None = None
+
+
+def _checked(item: Notification) -> tuple[Audience, Topic | None, dict[str, Any], str]:
+    """Validate one notification's arguments (``ValueError``): its audience, topic label,
+    data and url. The users' and groups' existence is checked by the caller, in bulk."""
+    audience = resolve(item.recipients)
+    data = _validate(item.title, item.body, item.level, item.data)
+    url = _validate_url(item.url)
+    label = _label_topic(item.topic, audience)
+    key = item.idempotency_key
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
+        raise ValueError("idempotency_key must be a string of 1 to 200 characters")
+    if key is not None:
+        check_text(key, "idempotency_key")
+    expires_at = item.expires_at
+    if expires_at is not None and (
+        not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)
+    ):
+        raise ValueError("expires_at must be an aware datetime")
+    return audience, label, data, url
 
 
 def notify(
@@ -141,6 +183,7 @@ def notify(
     actor: AbstractBaseUser | None = None,
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
+    target: Model | None = None,
     track_delivery: bool = False,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
@@ -149,25 +192,27 @@ def notify(
     ``"everyone"`` (anonymous visitors included) or an :class:`~notifications.Audience`.
     Returns the stored event (``id``, ``recipient_count``). The same ``idempotency_key``
     within ``IDEMPOTENCY_WINDOW`` returns the first event and sends nothing. After
-    ``expires_at`` the event is no longer delivered, replayed or counted as unread. With
-    ``track_delivery`` every server process reports how many it delivered live (used by
-    broadcasts, see broadcasting.record_live_delivery). Raises ``ValueError`` for bad
-    arguments; nothing is stored then.
+    ``expires_at`` the event is no longer delivered, replayed or counted as unread.
+    ``target``: a saved model instance the notification is about (``event.target``,
+    ``selectors.notifications_about(obj)``, ``target`` in the frame). With ``track_delivery``
+    every server process reports how many it delivered live (used by broadcasts, see
+    broadcasting.record_live_delivery). Raises ``ValueError`` for bad arguments; nothing is
+    stored then.
     """
-    audience = resolve(recipients)
-    data = _validate(title, body, level, data)
-    url = _validate_url(url)
-    label = _label_topic(topic, audience)
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
-    ):
-        raise ValueError("idempotency_key must be a string of 1 to 200 characters")
-    if idempotency_key is not None:
-        check_text(idempotency_key, "idempotency_key")
-    if expires_at is not None and (
-        not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)
-    ):
-        raise ValueError("expires_at must be an aware datetime")
+    audience, label, data, url = _checked(
+        Notification(
+            recipients,
+            title,
+            body=body,
+            url=url,
+            level=level,
+            topic=topic,
+            data=data,
+            idempotency_key=idempotency_key,
+            expires_at=expires_at,
+        )
+    )
+    target_type, target_id = target_reference(target) if target is not None else (None, "")
     active_named = _check_users_exist(audience.users) if audience.users else 0
     if audience.groups:
         _check_groups_exist(audience.groups)
@@ -178,6 +223,7 @@ def notify(
             previous = Event.objects.filter(idempotency_key=idempotency_key).first()
             window = timedelta(seconds=notifications_settings.IDEMPOTENCY_WINDOW)
             if previous is not None and previous.created_at >= timezone.now() - window:
+                previous.repeated = True  # the HTTP API answers 200 instead of 201
                 return previous
             if previous is not None:  # expired: the key may be used again
                 Event.objects.filter(pk=previous.pk).update(idempotency_key=None)
@@ -192,10 +238,14 @@ def notify(
             reach=audience.reach,
             to_topic=audience.topic is not None,
             permission_id=audience.permission,
+            channel=audience.channel or "",
             expires_at=expires_at,
             recipient_count=_recipient_count(audience, active_named),
             idempotency_key=idempotency_key,
+            target_content_type=target_type,
+            target_object_id=target_id,
         )
+        event.repeated = False
         if audience.groups:
             event.groups.set(audience.groups)
         if audience.users:
@@ -214,9 +264,198 @@ def notify(
     return event
 
 
+# Events per layer message of notify_many(): one group_send carries this many.
+BATCH_MESSAGE_EVENTS = 200
+
+
+def notify_many(items: Iterable[Notification]) -> list[Event]:
+    """Store many notifications in one transaction and publish them when it commits: the
+    batch form of :func:`notify`, for imports, digests and fan-in from other systems.
+
+    Each item takes :func:`notify`'s arguments and gets its guarantees; the events are stored
+    with a few bulk inserts and published in a few layer messages (``BATCH_MESSAGE_EVENTS``
+    events each), in id order. Returns the events in the order of ``items`` (for a repeated
+    ``idempotency_key``, the first event, not sent again). ``ValueError`` for any bad item,
+    its message prefixed with ``notifications[i]``; nothing is stored then.
+    """
+    items = list(items)
+    checked = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Notification):
+            raise ValueError(f"notifications[{index}] is not a Notification")
+        try:
+            checked.append(_checked(item))
+        except ValueError as exc:
+            raise ValueError(f"notifications[{index}]: {exc}") from None
+    keys = [item.idempotency_key for item in items if item.idempotency_key is not None]
+    if len(keys) != len(set(keys)):
+        raise ValueError("an idempotency_key appears twice in the batch")
+    user_ids = {uid for audience, *_ in checked for uid in audience.users}
+    active = _active_flags(user_ids)
+    _check_groups_exist({gid for audience, *_ in checked for gid in audience.groups})
+
+    with transaction.atomic():
+        _lock_stream()
+        previous = _previous_events(keys)
+        new: list[tuple[int, Event, Audience]] = []
+        results: list[Event | None] = []
+        for index, (item, (audience, label, data, url)) in enumerate(
+            zip(items, checked, strict=True)
+        ):
+            if item.idempotency_key in previous:
+                event = previous[item.idempotency_key]
+                event.repeated = True
+                results.append(event)
+                continue
+            named = sum(1 for uid in audience.users if active[uid])
+            target_type, target_id = (
+                target_reference(item.target) if item.target is not None else (None, "")
+            )
+            event = Event(
+                title=item.title,
+                body=item.body,
+                url=url,
+                level=item.level,
+                topic=label,
+                data=data,
+                actor=item.actor,
+                reach=audience.reach,
+                to_topic=audience.topic is not None,
+                permission_id=audience.permission,
+                channel=audience.channel or "",
+                expires_at=item.expires_at,
+                recipient_count=_recipient_count(audience, named),
+                idempotency_key=item.idempotency_key,
+                target_content_type=target_type,
+                target_object_id=target_id,
+            )
+            event.repeated = False
+            new.append((index, event, audience))
+            results.append(None)
+        Event.objects.bulk_create([event for _, event, _ in new], batch_size=1000)
+        Event.groups.through.objects.bulk_create(
+            [
+                Event.groups.through(event_id=event.id, group_id=gid)
+                for _, event, audience in new
+                for gid in audience.groups
+            ],
+            batch_size=1000,
+        )
+        Recipient.objects.bulk_create(
+            [
+                Recipient(event_id=event.id, user_id=uid)
+                for _, event, audience in new
+                for uid in audience.users
+            ],
+            batch_size=1000,
+        )
+        publish = sorted(new, key=lambda entry: entry[1].id)
+        for start in range(0, len(publish), BATCH_MESSAGE_EVENTS):
+            chunk = publish[start : start + BATCH_MESSAGE_EVENTS]
+            _on_commit(
+                messages.events(
+                    [
+                        messages.of_event(event, users=audience.users, groups=audience.groups)
+                        for _, event, audience in chunk
+                    ]
+                )
+            )
+        for index, event, _ in new:
+            results[index] = event
+            transaction.on_commit(
+                partial(signals.notification_sent.send, sender=Event, event=event), robust=True
+            )
+    return [event for event in results if event is not None]
+
+
+def _active_flags(user_ids: set[int]) -> dict[int, bool]:
+    """``{user id: is_active}`` in one query; ``ValueError`` for ids of no user."""
+    found = dict(
+        get_user_model()._default_manager.filter(pk__in=user_ids).values_list("pk", "is_active")
+    )
+    missing = user_ids - set(found)
+    if missing:
+        raise ValueError(f"no user with id {', '.join(map(str, sorted(missing)))}")
+    return found
+
+
+def _previous_events(keys: list[str]) -> dict[str, Event]:
+    """Events already stored under these idempotency keys within the window; keys whose
+    event is older are released for reuse. Call inside the stream lock."""
+    if not keys:
+        return {}
+    window = timezone.now() - timedelta(seconds=notifications_settings.IDEMPOTENCY_WINDOW)
+    found: dict[str, Event] = {}
+    expired = []
+    for event in Event.objects.filter(idempotency_key__in=keys):
+        if event.created_at >= window:
+            found[event.idempotency_key] = event
+        else:
+            expired.append(event.pk)
+    if expired:
+        Event.objects.filter(pk__in=expired).update(idempotency_key=None)
+    return found
+
+
 async def anotify(recipients: Any, title: str, **kwargs: Any) -> Event:
     """:func:`notify` for async code; the same arguments, guarantees and errors."""
     return await sync_to_async(notify)(recipients, title, **kwargs)
+
+
+PUSH_EVENT_RE = re.compile(r"[-a-zA-Z0-9_.:]{1,100}\Z")
+
+
+def push(
+    recipients: Any,
+    event: str,
+    data: dict[str, Any] | None = None,
+    *,
+    exclude: str | None = None,
+) -> None:
+    """Send a transient ``push`` frame (``{"type": "push", "event": ..., "data": ...}``) to the
+    sockets of ``recipients`` that are open now: progress, live counters, "someone is editing".
+
+    Nothing is stored, replayed or counted as unread. The audience is resolved as
+    :func:`notify`'s (the same rule), the frame encoded once and fanned out by every hub.
+    ``exclude`` is a socket id (``hello.socket``) to leave out: the sender's own tab. Sent when
+    the current transaction commits (at once outside one). ``ValueError`` for bad arguments.
+    """
+    audience = resolve(recipients)
+    if not isinstance(event, str) or not PUSH_EVENT_RE.match(event):
+        raise ValueError("event must be 1 to 100 characters of letters, digits, - _ . :")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError("data must be a dict")
+    check_json(data, "data")
+    if exclude is not None:
+        check_text(exclude, "exclude")
+    if audience.users:
+        _check_users_exist(audience.users)
+    if audience.groups:
+        _check_groups_exist(audience.groups)
+    frame = frames.encode({"type": "push", "event": event, "data": data})
+    if len(frame) > notifications_settings.MAX_PUSH_BYTES:
+        raise ValueError(f"the push frame is over {notifications_settings.MAX_PUSH_BYTES} bytes")
+    _on_commit(
+        messages.push(
+            frame=frame,
+            reach=audience.reach,
+            users=audience.users,
+            groups=audience.groups,
+            topic_id=audience.topic.pk if audience.topic is not None else None,
+            permission_id=audience.permission,
+            channel=audience.channel,
+            exclude=exclude,
+        )
+    )
+
+
+async def apush(
+    recipients: Any, event: str, data: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    """:func:`push` for async code."""
+    await sync_to_async(push)(recipients, event, data, **kwargs)
 
 
 def _publish_unread(user: AbstractBaseUser, count: int, *, exclude: str | None) -> None:

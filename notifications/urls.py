@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import views
+from .api import send
 
 app_name = "notifications"
 
@@ -9,4 +10,11 @@ urlpatterns = [
     path("notifications/<int:event_id>/read/", views.mark_read, name="mark_read"),
     path("notifications/read-all/", views.mark_all_read, name="mark_all_read"),
     path("healthz", views.healthz, name="healthz"),
+]
+
+# The sending API for other services (notifications/api/send.py, docs/api.md).
+urlpatterns += [
+    path("api/v1/notifications", send.send_notification, name="api_send"),
+    path("api/v1/notifications/batch", send.send_batch, name="api_send_batch"),
+    path("api/v1/openapi.json", send.openapi, name="api_openapi"),
 ]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from project.redis_env import redis_hosts
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -96,27 +98,33 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# One URL, several (shards), rediss:// (TLS) or Sentinels: project/redis_env.py.
+REDIS_HOSTS = redis_hosts(os.environ)
 # REDIS_LAYER: "pubsub" (channels_redis.pubsub.RedisPubSubChannelLayer: PUBLISH / SUBSCRIBE,
 # the default: a targeted event costs the server a quarter of the CPU, docs/performance.md)
 # or "core" (channels_redis.core.RedisChannelLayer: lists, a Lua script per message). Both
 # are at-most-once for a process that is disconnected; the hub's database poll and gap reads
 # cover what a layer drops.
 REDIS_LAYER = os.environ.get("REDIS_LAYER", "pubsub")
-if REDIS_URL and REDIS_LAYER == "pubsub":
+# Key and channel prefix: sites (or test and benchmark runs) that share one Redis must differ,
+# because pub/sub channels ignore the database number in the URL.
+REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "asgi")
+if REDIS_HOSTS and REDIS_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             # Group membership is each process's own subscription: it ends with the
             # process's connection, so nothing expires or needs renewing.
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": REDIS_HOSTS, "prefix": REDIS_PREFIX},
         }
     }
-elif REDIS_URL:
+elif REDIS_HOSTS:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": REDIS_HOSTS,
+                "prefix": REDIS_PREFIX,
                 # The hub's channel receives every event for this process.
                 "capacity": 10_000,
                 "expiry": 30,

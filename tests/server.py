@@ -41,7 +41,9 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("PYTEST", "DJANGO_", "REDIS_URL", "DATABASE_URL", "NOTIFICATIONS_"))
+        if not key.startswith(
+            ("PYTEST", "DJANGO_", "REDIS_URL", "REDIS_SENTINEL", "DATABASE_URL", "NOTIFICATIONS_")
+        )
     }
     env.update(
         {

@@ -280,7 +280,7 @@ async def test_a_row_that_cannot_be_encoded_is_skipped_live_and_on_replay(connec
     assert (await live.expect("notification"))["id"] == before.id
     poison = await db(_store_poison)()
     if poison is None:
-        pytest.skip("PostgreSQL refuses to store such a row at all (checked in _store_poison)")
+        return  # PostgreSQL refused to store the row at all (asserted in _store_poison)
     after = await db(notify)("everyone", "after")
     await get_hub().poll()  # the poll reads the row the layer never announced
     assert (await live.expect("notification"))["id"] == after.id  # not stuck behind it
@@ -353,7 +353,7 @@ def test_cli_refuses_text_that_is_not_unicode(make_user):
     make_user("alice")
     with pytest.raises(CommandError, match="title is not valid Unicode"):
         call_command("notify", "--title", "bad \udcff", "--user", "alice")
-    with pytest.raises(CommandError, match="no permission 'auth.nope'"):
+    with pytest.raises(CommandError, match=r"no permission 'auth\.nope'"):
         call_command("notify", "--title", "x", "--permission", "auth.nope")
     assert Event.objects.count() == 0
 

@@ -33,6 +33,7 @@ from django.contrib.sessions.models import Session
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from notifications import channels as object_channels
 from notifications import selectors, services
 from notifications.audiences import Audience
 from notifications.models import Event, InboxState, MembershipChange, ReadMark, Topic
@@ -46,7 +47,7 @@ User = get_user_model()
 CUSTOM = "notifications.change_topic"  # any permission will do as the audience's permission
 VIEW_PRIVATE = "notifications.view_private_topics"
 PERMS = {"custom": CUSTOM, "view_private": VIEW_PRIVATE}
-INITIAL_USERS, GROUPS, TOPICS = 4, 2, 3
+INITIAL_USERS, GROUPS, TOPICS, ROOMS = 4, 2, 3, 2
 MAX_USERS = 6
 
 # Operations ------------------------------------------------------------------------------------
@@ -54,6 +55,7 @@ MAX_USERS = 6
 user_ix = st.integers(0, MAX_USERS - 1)
 group_ix = st.integers(0, GROUPS - 1)
 topic_ix = st.integers(0, TOPICS - 1)
+room_ix = st.integers(0, ROOMS - 1)
 
 events = st.one_of(
     st.tuples(st.just("event"), st.sampled_from(["everyone", "authenticated", "staff"])),
@@ -61,7 +63,9 @@ events = st.one_of(
     st.tuples(st.just("event"), st.just("group"), group_ix),
     st.tuples(st.just("event"), st.just("topic"), topic_ix),
     st.tuples(st.just("event"), st.just("permission")),
+    st.tuples(st.just("event"), st.just("channel"), room_ix),
 )
+pushes = st.tuples(st.just("push"), events)
 changes = st.one_of(
     st.tuples(st.sampled_from(["join", "leave"]), user_ix, group_ix),
     st.tuples(
@@ -77,16 +81,23 @@ changes = st.one_of(
     st.tuples(st.just("perm"), user_ix, st.sampled_from(sorted(PERMS)), st.booleans()),
     st.tuples(st.just("group_perm"), group_ix, st.sampled_from(sorted(PERMS)), st.booleans()),
     st.tuples(st.just("new_user"), st.booleans()),
+    # Object channels "rooms.<n>": who may follow them (the site's authorisation function),
+    # and sockets that ask to.
+    st.tuples(st.just("room_grant"), user_ix, room_ix, st.booleans()),
+    st.tuples(st.just("room_follow"), user_ix, room_ix),
 )
 initial_users = st.lists(
-    st.tuples(st.booleans(), st.booleans(), st.booleans()),  # active, staff, superuser
+    # active, staff, superuser, holds the CUSTOM permission, follows a room it may enter
+    st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
     min_size=INITIAL_USERS,
     max_size=INITIAL_USERS,
 )
 scenarios = st.tuples(
     initial_users,
     st.lists(st.booleans(), min_size=TOPICS, max_size=TOPICS),  # topics public?
-    st.lists(st.one_of(events, changes), min_size=1, max_size=14),
+    # Events twice as likely as each other kind of step: most bugs show in what a change
+    # does to the events after it.
+    st.lists(st.one_of(events, changes, events, pushes), min_size=1, max_size=14),
 )
 
 
@@ -127,6 +138,8 @@ class Policy:
         self.topics: list[T] = []
         self.subscriptions: set[tuple[int, int]] = set()
         self.events: list[E] = []
+        self.room_grants: set[tuple[int, int]] = set()  # (user, room) the site allows
+        self.room_follows: set[tuple[int, int]] = set()  # sockets following a room now
 
     def has_perm(self, u: int, perm: str) -> bool:
         user = self.users[u]
@@ -166,7 +179,17 @@ class Policy:
             return self.follows(u, arg)
         if kind == "permission":
             return self.has_perm(u, CUSTOM)
+        if kind == "channel":  # sockets, not inboxes: only live, while followed and allowed
+            return False
         raise AssertionError(kind)
+
+    def live(self, u: int, event: E) -> bool:
+        """What an open socket of ``u`` receives: what the user sees, plus channel events
+        of rooms the socket follows while the site allows it."""
+        if event.kind == "channel":
+            allowed = (u, event.arg) in self.room_grants and self.users[u].active
+            return allowed and (u, event.arg) in self.room_follows
+        return self.sees(u, event)
 
 
 # The system --------------------------------------------------------------------------------------
@@ -188,6 +211,7 @@ class World:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self._answers = {}
         self.users: list = []
         self.groups: list[Group] = []
         self.topics: list[Topic] = []
@@ -195,6 +219,10 @@ class World:
         self.live: dict[int, list[int]] = {}
         self.anon: Socket | None = None
         self.anon_live: list[int] = []
+        self.pushes: dict[int, list[str]] = {}  # user: push events received, in order
+        # (push name, users whose open socket must receive it, anonymous sockets too)
+        self.expected_pushes: list[tuple[str, set[int], bool]] = []
+        self.anon_pushes: list[str] = []
 
     async def open(self, u: int) -> None:
         if not self.policy.users[u].active:
@@ -204,7 +232,7 @@ class World:
         assert connected
         hello = await sock.expect("hello")
         assert hello["user"] == self.users[u].username
-        self.sockets[u], self.live[u] = sock, []
+        self.sockets[u], self.live[u], self.pushes[u] = sock, [], []
 
     async def add_user(self, active: bool, staff: bool, superuser: bool) -> None:
         u = len(self.users)
@@ -226,6 +254,10 @@ class World:
             for frame in _pending(sock):
                 if frame["type"] == "notification":
                     self.live[u].append(frame["id"])
+                elif frame["type"] == "push":
+                    self.pushes[u].append(frame["event"])
+                elif frame["type"] in ("subscribed", "unsubscribed", "error"):
+                    self._answers.setdefault(u, []).append(frame)
                 elif frame["type"] == "__closed__":
                     # Closed by the hub: only a deactivated user's socket may be.
                     assert frame["code"] == 1008 and not self.policy.users[u].active, frame
@@ -234,16 +266,27 @@ class World:
                     assert frame["type"] == "unread", frame
         assert self.anon is not None
         for frame in _pending(self.anon):
-            assert frame["type"] == "notification", frame
-            self.anon_live.append(frame["id"])
+            assert frame["type"] in ("notification", "push"), frame
+            if frame["type"] == "push":
+                self.anon_pushes.append(frame["event"])
+            else:
+                self.anon_live.append(frame["id"])
+
+    _answers: dict[int, list[dict]]
 
     async def sync(self) -> None:
         """What the hub's timers do within a few seconds: the session check (flags changed
-        without a signal) and the poll (membership changes, events the layer did not bring)."""
+        without a signal), the channel check (authorisation asked again) and the poll
+        (membership changes, events the layer did not bring)."""
         hub = get_hub()
         await hub.check_sessions()
+        await hub.recheck_channels()
         await hub.poll()
         await self.drain()
+        # A socket that lost a room stops following it (and is told so).
+        self.policy.room_follows = {
+            (u, r) for u, r in self.policy.room_follows if (u, r) in self.policy.room_grants
+        }
 
 
 def _inbox_ids(user) -> list[int]:
@@ -332,6 +375,32 @@ async def _apply(world: World, op: tuple) -> None:
         (policy.group_perms[g].add if add else policy.group_perms[g].discard)(PERMS[which])
     elif kind == "new_user" and n < MAX_USERS:
         await world.add_user(True, op[1], False)
+    elif kind == "room_grant":
+        _, u, r, add = op
+        u %= n
+        (policy.room_grants.add if add else policy.room_grants.discard)((u, r))
+        ROOM_GRANTS[r] = {world.users[v].pk for v, room in policy.room_grants if room == r}
+    elif kind == "room_follow":
+        u, r = op[1] % n, op[2]
+        if u not in world.sockets:
+            return
+        sock = world.sockets[u]
+        await sock.send({"type": "subscribe", "topic": f"rooms.{r}", "ref": "room"})
+        answer = await sock.receive(5)
+        while answer["type"] in ("unread", "push", "notification"):
+            # Frames already on their way; the next sync drains the rest.
+            if answer["type"] == "notification":
+                world.live[u].append(answer["id"])
+            elif answer["type"] == "push":
+                world.pushes[u].append(answer["event"])
+            answer = await sock.receive(5)
+        allowed = (u, r) in policy.room_grants and policy.users[u].active
+        assert answer["type"] == ("subscribed" if allowed else "error"), (u, r, answer)
+        if allowed:
+            policy.room_follows.add((u, r))
+    elif kind == "push":
+        await _push(world, op[1])
+        return
     await world.sync()
 
 
@@ -351,11 +420,14 @@ async def _send(world: World, op: tuple) -> None:
     elif kind == "topic":
         arg = op[2]
         recipients = world.topics[arg]
+    elif kind == "channel":
+        arg = op[2]
+        recipients = f"rooms.{arg}"
     else:
         recipients = await db(Audience)(permission=CUSTOM)
     event = E(seq=len(policy.events), kind=kind, arg=arg)
     reached = {u for u in range(n) if policy.sees(u, event)}
-    event.live = reached & set(world.sockets)
+    event.live = {u for u in world.sockets if policy.live(u, event)}
     event.reached = len(reached)
     stored = await db(services.notify)(recipients, f"event {event.seq}")
     event.id = stored.id
@@ -367,10 +439,44 @@ async def _send(world: World, op: tuple) -> None:
     await world.sync()
 
 
+async def _push(world: World, op: tuple) -> None:
+    """A transient push to the same kinds of audience: the open sockets the rule matches now
+    receive it, nobody else, and nothing is stored."""
+    policy, kind = world.policy, op[1]
+    n = len(world.users)
+    name = f"p{len(world.expected_pushes)}"
+    if kind in ("everyone", "authenticated", "staff"):
+        recipients: object = "everyone" if kind == "everyone" else Audience(reach=kind)
+        arg: object = None
+    elif kind == "users":
+        arg = {u % n for u in op[2]}
+        recipients = [world.users[u] for u in sorted(arg)]
+    elif kind == "group":
+        arg, recipients = op[2], world.groups[op[2]]
+    elif kind == "topic":
+        arg, recipients = op[2], world.topics[op[2]]
+    elif kind == "channel":
+        arg, recipients = op[2], f"rooms.{op[2]}"
+    else:
+        arg, recipients = None, await db(Audience)(permission=CUSTOM)
+    probe = E(seq=len(policy.events), kind=kind, arg=arg)
+    world.expected_pushes.append(
+        (name, {u for u in world.sockets if policy.live(u, probe)}, kind == "everyone")
+    )
+    stored = await db(Event.objects.count)()
+    await db(services.push)(recipients, name)
+    await world.sync()
+    assert await db(Event.objects.count)() == stored, "a push was stored"
+
+
 async def _check(world: World) -> None:
     policy = world.policy
     everyone = [e.id for e in policy.events if e.kind == "everyone"]
     assert world.anon_live == everyone, "anonymous live delivery"
+    assert world.anon_pushes == [name for name, _, public in world.expected_pushes if public]
+    for u in world.sockets:
+        expected = [name for name, users, _ in world.expected_pushes if u in users]
+        assert world.pushes[u] == expected, f"pushes to user {u}"
     for u, user in enumerate(world.users):
         if u in world.sockets:
             expected_live = [e.id for e in policy.events if u in e.live]
@@ -392,8 +498,16 @@ async def _check(world: World) -> None:
         await sock.close()
 
 
+ROOM_GRANTS: dict[int, set[int]] = {}
+
+
+def _may_enter_room(user, room: int) -> bool:
+    return user.is_authenticated and user.pk in ROOM_GRANTS.get(room, set())
+
+
 async def _run(scenario: tuple) -> None:
     users, public_topics, ops = scenario
+    ROOM_GRANTS.clear()
     await reset_hub()
     await db(_reset)()
     policy = Policy()
@@ -409,8 +523,13 @@ async def _run(scenario: tuple) -> None:
         connected, _ = await world.anon.communicator.connect(timeout=5)
         assert connected
         await world.anon.expect("hello")
-        for active, staff, superuser in users:
+        for u, (active, staff, superuser, holds, in_room) in enumerate(users):
             await world.add_user(active, staff, superuser)
+            if holds:
+                await _apply(world, ("perm", u, "custom", True))
+            if in_room:
+                await _apply(world, ("room_grant", u, u % ROOMS, True))
+                await _apply(world, ("room_follow", u, u % ROOMS))
         for op in ops:
             await _apply(world, op)
         await _check(world)
@@ -421,16 +540,13 @@ async def _run(scenario: tuple) -> None:
         await reset_hub()
 
 
-ACTIVE, STAFF, SUPER, NOBODY = (
-    (True, False, False),
-    (True, True, False),
-    (True, False, True),
-    (
-        False,
-        False,
-        False,
-    ),
-)
+# Initial users: (active, staff, superuser, holds CUSTOM, follows a room).
+ACTIVE = (True, False, False, False, False)
+STAFF = (True, True, False, False, False)
+SUPER = (True, False, True, False, False)
+NOBODY = (False, False, False, False, False)
+HOLDER = (True, False, False, True, False)
+IN_ROOM = (True, False, False, False, True)
 PRIVATE = [False, False, False]
 
 
@@ -482,11 +598,41 @@ PRIVATE = [False, False, False]
         [("flag", 0, "is_active", False, "update"), ("event", "everyone")],
     )
 )
+@example(  # permission audiences: a holder's open socket, a holder through a group
+    scenario=(
+        [HOLDER, ACTIVE, NOBODY, NOBODY],
+        PRIVATE,
+        [("group_perm", 0, "custom", True), ("join", 1, 0), ("event", "permission")],
+    )
+)
+@example(  # object channels: the follower receives, until the site stops allowing it
+    scenario=(
+        [IN_ROOM, ACTIVE, NOBODY, NOBODY],
+        PRIVATE,
+        [("event", "channel", 0), ("room_grant", 0, 0, False), ("event", "channel", 0)],
+    )
+)
+@example(  # transient pushes go where events go, and are never stored
+    scenario=(
+        [HOLDER, IN_ROOM, STAFF, ACTIVE],
+        PRIVATE,
+        [
+            ("push", ("event", "permission")),
+            ("push", ("event", "channel", 1)),
+            ("push", ("event", "staff")),
+            ("push", ("event", "everyone")),
+        ],
+    )
+)
 @settings(
-    max_examples=int(os.environ.get("AUDIENCE_RULE_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("AUDIENCE_RULE_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(scenario=scenarios)
 def test_every_form_of_the_audience_rule_agrees_with_the_policy(scenario):
-    asyncio.run(_run(scenario))
+    object_channels.channel("rooms.<int:room>")(_may_enter_room)
+    try:
+        asyncio.run(_run(scenario))
+    finally:
+        object_channels.unregister("rooms.<int:room>")

@@ -171,3 +171,16 @@ def test_session_check_finds_exactly_the_pairs_that_no_longer_authenticate(make_
     states, _ = _session_states([pairs[6]])
     assert states[users[6].pk].auth_hash == users[6].get_session_auth_hash()
     assert states[users[6].pk].auth_hash != users[5].get_session_auth_hash()
+
+
+def test_compiled_membership_of_a_superuser_equals_the_orm(make_user):
+    """On PostgreSQL, Django compiles ``pk=<value out of the 32-bit range>`` to a constant
+    false: sentinels must stay in range, or the superuser check vanishes from the SQL."""
+    from notifications.audiences import _membership_query, follows, membership_of
+
+    root = make_user("root", is_superuser=True)
+    secret = Topic.objects.create(slug="secret", name="Secret", is_public=False)
+    subscribe(root, "secret")
+    assert follows(root, secret)
+    assert sorted(_membership_query((), user_id=root.pk)) == [("t", secret.pk)]
+    assert membership_of(root).topic_ids == {secret.pk}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from channels.db import database_sync_to_async as db
@@ -18,8 +19,13 @@ from .support import Socket
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
+SOCKET_ID = re.compile(r"c[0-9]+\.[0-9a-f]{6}\Z")
+
+
 async def test_hello_anonymous(connect):
     sock = await connect()
+    # `socket` is an extension (docs/api.md): this socket's id, unique across processes.
+    assert SOCKET_ID.match(sock.hello.pop("socket"))
     assert sock.hello == {"type": "hello", "protocol": 1, "user": None, "unread": None, "cursor": 0}
 
 
@@ -28,6 +34,7 @@ async def test_hello_signed_in_counts_unread_and_carries_cursor(connect, amake_u
     first = await db(notify)(alice, "one")
     await db(notify)(alice, "two")
     sock = await connect(alice)
+    assert SOCKET_ID.match(sock.hello.pop("socket"))
     assert sock.hello == {
         "type": "hello",
         "protocol": 1,

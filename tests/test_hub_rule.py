@@ -35,28 +35,39 @@ events = st.fixed_dictionaries(
         "groups": st.lists(ids, max_size=3, unique=True),
         "topic": st.none() | ids,
         "permission": st.none() | ids,
+        "channel": st.none() | st.sampled_from(["orders.1", "orders.2"]),
     }
 )
+# What a connection follows for itself: anonymous visitors' topics, authorised channels.
+own = st.tuples(small_sets, st.frozensets(st.sampled_from(["orders.1", "orders.2"])))
 
 
 class _NoWriter:
     fast = False
 
 
-async def _targets(members: list[Membership], message: dict) -> tuple[set[int], set[int]]:
+async def _targets(sockets: list, message: dict) -> tuple[set[int], set[int]]:
     hub = Hub()
     conns = []
-    for membership in members:
+    for membership, (topics, channels) in sockets:
         conn = Connection(writer=_NoWriter(), close=None, membership=membership)
         hub.attach(conn)
+        for topic in topics:
+            hub.follow(conn, topic, stored=False)
+        for name in channels:
+            hub.follow_channel(conn, name)
         conns.append(conn)
     indexed = {conns.index(c) for c in hub._targets(message, message["users"])}
-    defined = {i for i, m in enumerate(members) if matches(m, message)}
+    defined = {
+        i
+        for i, (membership, (topics, channels)) in enumerate(sockets)
+        if matches(membership, message, topics=topics, channels=channels)
+    }
     return indexed, defined
 
 
 @settings(max_examples=500, deadline=None)
-@given(members=st.lists(memberships, max_size=6), message=events)
-def test_hub_indexes_agree_with_the_rule(members, message):
-    indexed, defined = asyncio.run(_targets(members, message))
+@given(sockets=st.lists(st.tuples(memberships, own), max_size=6), message=events)
+def test_hub_indexes_agree_with_the_rule(sockets, message):
+    indexed, defined = asyncio.run(_targets(sockets, message))
     assert indexed == defined

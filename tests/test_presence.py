@@ -122,7 +122,7 @@ def test_snapshot_through_redis_expires_reports(settings):
     need_redis()
     settings.NOTIFICATIONS = FAST
     with RedisServer() as redis, override_settings(CHANNEL_LAYERS=redis_layers(redis.url)):
-        assert presence.redis_url() == redis.url
+        assert presence.redis_host() == redis.url
         presence.report(presence.ProcessReport("a", users=[5], anonymous=0, connections=1))
         presence.report(presence.ProcessReport("b", users=[5, 6], anonymous=2, connections=4))
         assert presence.snapshot() == {"users": [5, 6], "anonymous": 2, "connections": 5}

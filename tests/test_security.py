@@ -251,7 +251,7 @@ def test_missing_origin_accepted_by_default(server):
     head = handshake(server.port, origin=None)
     assert head.startswith("HTTP/1.1 101 "), head
     assert re.fullmatch(
-        r"DEBUG notifications\.realtime ws\.connect c\d+ user=None client=127\.0\.0\.1 "
+        r"DEBUG notifications\.realtime ws\.connect c\d+\.[0-9a-f]+ user=None client=127\.0\.0\.1 "
         r"cursor=None writer=\w+",
         log.wait_for("ws.connect")[0],
     )
@@ -477,7 +477,8 @@ async def test_flood_across_two_connections_gets_rate_limited_then_4429(
     assert await close_code(second) == (4429, [])  # the over-limit pings got no answer
     [flood] = await log.until("ws.flood")
     assert re.fullmatch(
-        rf"WARNING notifications\.realtime ws\.flood c\d+ user={alice.pk}: closing", flood
+        rf"WARNING notifications\.realtime ws\.flood c\d+\.[0-9a-f]+ user={alice.pk}: closing",
+        flood,
     )
     assert await transport_alive(first)  # only the socket that kept sending is closed
     # The budget is the user's: a frame from the other socket in this window closes it too.
@@ -501,7 +502,7 @@ async def test_reconnecting_does_not_reset_the_users_flood_budget(server, open_w
         *range(DEFAULT_RATE_LIMIT_FRAMES),
         "error",
     ]
-    await log.until(r"ws\.disconnect c\d+ ")  # the server has let go of that socket
+    await log.until(r"ws\.disconnect c\d+\.[0-9a-f]+ ")  # the server has let go of that socket
     again, _ = await open_ws(server, cookie)
     await again.send('{"type": "ping", "ref": "again"}')
     # Still the same 10 s window, still over the user's limit: no pong, but 4429.
@@ -536,7 +537,7 @@ async def test_connection_cap_per_user_refused_at_the_handshake(server, open_ws,
     assert (anonymous["user"], bobs["user"]) == (None, "bob")
     # A closed socket frees its place.
     await sockets[0].close()
-    await log.until(r"ws\.disconnect c\d+ code=1000")
+    await log.until(r"ws\.disconnect c\d+\.[0-9a-f]+ code=1000")
     _, again = await open_ws(server, cookie)
     assert again["user"] == "alice"
 

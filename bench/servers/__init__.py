@@ -44,6 +44,9 @@ KINDS = (
     "ours-daphne",
     "ours-uvicorn",
     "ours-uvicorn-sansio",
+    # The production server again, emitting transient pushes (services.push) instead of
+    # stored notifications: the row for issue 9's "at least as fast as stored".
+    "ours-uvicorn-sansio-push",
     "ours-daphne-2p",
     "ours-uvicorn-2p",
     "stock",
@@ -96,6 +99,9 @@ def project_env(*, database_url: str, redis_url: str, poll_interval: float | Non
         "DJANGO_SECURE_SSL_REDIRECT": "0",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
+        # Redis pub/sub channels ignore the database number: a prefix of this run's own keeps
+        # other processes on the same Redis (tests, another benchmark) out of its hubs' group.
+        "REDIS_PREFIX": f"bench{os.getpid()}",
     }
     if poll_interval is not None:
         env["NOTIFICATIONS_POLL_INTERVAL"] = str(poll_interval)

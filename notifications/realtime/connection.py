@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import secrets
 from collections.abc import Awaitable, Callable
 
 from ..audiences import Membership
@@ -11,6 +13,16 @@ from .transport import Frame, Writer
 
 logger = logging.getLogger("notifications.realtime")
 _ids = itertools.count(1)
+_process: tuple[int, str] = (0, "")
+
+
+def _process_tag() -> str:
+    """A short tag unique to this process (renewed after a fork), so that socket ids are
+    unique across the server processes of a site (``hello.socket``, ``push(exclude=...)``)."""
+    global _process
+    if _process[0] != os.getpid():
+        _process = (os.getpid(), secrets.token_hex(3))
+    return _process[1]
 
 
 class Connection:
@@ -25,6 +37,7 @@ class Connection:
     __slots__ = (
         "anon_topics",
         "auth_hash",
+        "channels",
         "close",
         "dropped",
         "group_ids",
@@ -55,7 +68,7 @@ class Connection:
         ip: str | None = None,
         max_buffered: int | None = None,
     ) -> None:
-        self.id = f"c{next(_ids)}"
+        self.id = f"c{next(_ids)}.{_process_tag()}"
         self.writer = writer
         self.close = close
         self.session_key = session_key
@@ -66,6 +79,8 @@ class Connection:
         self.max_buffered = max_buffered
         self.dropped = False
         self.anon_topics: set[int] = set()
+        # Object channels (notifications.channels) this socket was authorised to follow.
+        self.channels: set[str] = set()
         self.position = 0
         self.last_sent = 0
         self.paused = 0
@@ -127,6 +142,15 @@ class Connection:
             self.pending.append((None, frame))
         else:
             await self._write(frame)
+
+    def push(self, frame: Frame) -> bool:
+        """Write a transient frame (``push``) without awaiting when possible; False: the
+        caller must ``await send_control(frame)``. Transient frames have no id: they are
+        neither replayed nor ordered against events."""
+        if self.paused or not self.writer.fast:
+            return False
+        self.write_fast(frame)
+        return True
 
     def offer(self, event_id: int, frame: Frame) -> bool:
         """Handle a live event without awaiting when possible (a fast writer, not paused);

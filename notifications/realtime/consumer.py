@@ -25,6 +25,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
 from .. import audiences, selectors, services
+from .. import channels as object_channels
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
 from . import frames, presence_watch
@@ -223,6 +224,8 @@ class NotificationConsumer:
                 "user": user.get_username() if user.is_authenticated else None,
                 "unread": greeting.unread,
                 "cursor": greeting.cursor,
+                # Extension: this socket's id, for push(..., exclude=) ("to others").
+                "socket": conn.id,
             }
         )
         errors = [("bad_request", cursor_error)] if cursor_error else []
@@ -346,26 +349,41 @@ class NotificationConsumer:
 
     async def on_subscribe(self, frame: ClientFrame) -> None:
         assert self.conn is not None
-        slug = frame.slug()
+        name = frame.topic_or_channel()
         cursor = frame.cursor(required=False)
-        topic = await database_sync_to_async(services.subscribe)(self.user, slug)
+        is_channel = "." in name
+        if is_channel:
+            if not await database_sync_to_async(object_channels.may_follow)(self.user, name):
+                raise FrameError("forbidden", f"channel {name!r} is not open to you", frame.ref)
+            topic_id = None
+        else:
+            topic_id = (await database_sync_to_async(services.subscribe)(self.user, name)).pk
         self.conn.pause()
         try:
             upto = self.hub.horizon
-            self.hub.follow(self.conn, topic.pk, stored=self.user.is_authenticated)
+            if is_channel:
+                self.hub.follow_channel(self.conn, name)
+            else:
+                assert topic_id is not None
+                self.hub.follow(self.conn, topic_id, stored=self.user.is_authenticated)
             if cursor is not None:
-                await self._send_replay(after=cursor, upto=upto, topic_id=topic.pk)
-            await self.send_frame(frames.with_ref({"type": "subscribed", "topic": slug}, frame.ref))
+                await self._send_replay(
+                    after=cursor, upto=upto, topic_id=topic_id, channel=name if is_channel else None
+                )
+            await self.send_frame(frames.with_ref({"type": "subscribed", "topic": name}, frame.ref))
         finally:
             await self.conn.resume()
 
     async def on_unsubscribe(self, frame: ClientFrame) -> None:
         assert self.conn is not None
-        slug = frame.slug()
-        topic, still_follows = await database_sync_to_async(_unsubscribe)(self.user, slug)
-        if not still_follows:  # a topic that staff granted (group, member) stays followed
-            self.hub.unfollow(self.conn, topic.pk)
-        await self.send_frame(frames.with_ref({"type": "unsubscribed", "topic": slug}, frame.ref))
+        name = frame.topic_or_channel()
+        if "." in name:
+            self.hub.unfollow_channel(self.conn, name)  # idempotent, like topics
+        else:
+            topic, still_follows = await database_sync_to_async(_unsubscribe)(self.user, name)
+            if not still_follows:  # a topic that staff granted (group, member) stays followed
+                self.hub.unfollow(self.conn, topic.pk)
+        await self.send_frame(frames.with_ref({"type": "unsubscribed", "topic": name}, frame.ref))
 
     async def on_read(self, frame: ClientFrame) -> None:
         assert self.conn is not None
@@ -397,7 +415,7 @@ class NotificationConsumer:
     # Replay ----------------------------------------------------------------------------------
 
     async def _send_replay(
-        self, *, after: int, upto: int, topic_id: int | None = None
+        self, *, after: int, upto: int, topic_id: int | None = None, channel: str | None = None
     ) -> tuple[int, bool]:
         """Send missed events (``after < id <= upto``) oldest first; return (count, complete).
 
@@ -407,14 +425,17 @@ class NotificationConsumer:
         assert self.conn is not None
         limit = notifications_settings.REPLAY_LIMIT
         after = max(after, self.conn.last_sent)
-        if self.user.is_authenticated or self.conn.anon_topics or topic_id is not None:
+        conn = self.conn
+        if self.user.is_authenticated or conn.anon_topics or conn.channels or topic_id is not None:
             texts = await database_sync_to_async(load_replay)(
                 self.user,
                 after=after,
                 upto=upto,
                 limit=limit + 1,
-                extra_topic_ids=self.conn.anon_topics,
+                extra_topic_ids=conn.anon_topics,
                 topic_id=topic_id,
+                channels=sorted(conn.channels | ({channel} if channel else set())),
+                channel=channel,
             )
         else:
             # Announcements to everyone only: the same for every such socket, so sockets

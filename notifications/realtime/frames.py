@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
+
 from ..models import Event
 
 PROTOCOL_VERSION = 1
@@ -38,7 +40,7 @@ def encode(frame: dict[str, Any]) -> str:
 
 
 def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
-    return {
+    frame = {
         "type": "notification",
         "id": event.id,
         "title": event.title,
@@ -51,6 +53,13 @@ def notification(event: Event, *, read: bool, replay: bool) -> dict[str, Any]:
         "read": read,
         "replay": replay,
     }
+    if event.target_content_type_id is not None:
+        # Extension (docs/protocol.md): what the notification is about. get_for_id is cached
+        # per process, so replays pay no query for it.
+        target_type = ContentType.objects.get_for_id(event.target_content_type_id)
+        label = f"{target_type.app_label}.{target_type.model}"
+        frame["target"] = {"type": label, "id": event.target_object_id}
+    return frame
 
 
 def with_ref(frame: dict[str, Any], ref: str | int | None) -> dict[str, Any]:
@@ -95,6 +104,15 @@ class ClientFrame:
         if not isinstance(value, str) or not SLUG_RE.match(value):  # match + \Z: whole string
             raise FrameError("bad_request", f"'{key}' must be a topic slug", self.ref)
         return value
+
+    def topic_or_channel(self, key: str = "topic") -> str:
+        """A topic slug, or an object channel name (notifications.channels: it has a dot)."""
+        from .. import channels
+
+        value = self.body.get(key)
+        if isinstance(value, str) and "." in value and channels.is_channel_name(value):
+            return value
+        return self.slug(key)
 
     def ids(self, key: str = "ids") -> list[int]:
         value = self.body.get(key)

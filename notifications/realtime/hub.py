@@ -108,10 +108,16 @@ def load_replay(
     limit: int,
     extra_topic_ids: Iterable[int] = (),
     topic_id: int | None = None,
+    channels: Iterable[str] = (),
+    channel: str | None = None,
 ) -> list[tuple[int, str, bool]]:
     """(id, encoded frame, is a notification) of the events :func:`selectors.replay`
     returns, oldest first, each marked ``replay`` and with the user's read state
-    (:func:`_replay_frame`)."""
+    (:func:`_replay_frame`). ``channels`` are authorised again here, at replay
+    (notifications.channels); ``channel``: only that channel's events."""
+    from .. import channels as object_channels
+
+    allowed = [name for name in channels if object_channels.may_follow(user, name)]
     events = selectors.replay(
         user,
         after=after,
@@ -119,6 +125,8 @@ def load_replay(
         limit=limit,
         extra_topic_ids=extra_topic_ids,
         topic_id=topic_id,
+        channels=allowed,
+        channel=channel,
     )
     return [_replay_frame(event) for event in events]
 
@@ -251,6 +259,21 @@ def _session_hash(session_key: str) -> str | None:
     return store.get(HASH_SESSION_KEY)
 
 
+def _authorised_channels(pairs: list[tuple[int | None, str]]) -> set[tuple[int | None, str]]:
+    """Which (user id, channel) pairs are still authorised (notifications.channels); None
+    is an anonymous visitor. Inactive or deleted users are authorised for nothing."""
+    from .. import channels
+
+    ids = {uid for uid, _ in pairs if uid is not None}
+    users = get_user_model()._default_manager.filter(is_active=True).in_bulk(ids)
+    allowed = set()
+    for uid, name in pairs:
+        user = AnonymousUser() if uid is None else users.get(uid)
+        if user is not None and channels.may_follow(user, name):
+            allowed.add((uid, name))
+    return allowed
+
+
 def _memberships(user_ids: list[int]) -> dict[int, tuple[Membership, int | None]]:
     """Active users' memberships and unread counts (inactive users are left out)."""
     users = get_user_model()._default_manager.filter(pk__in=user_ids, is_active=True)
@@ -271,6 +294,7 @@ class Hub:
         self.by_group: dict[int, set[Connection]] = defaultdict(set)
         self.by_topic: dict[int, set[Connection]] = defaultdict(set)
         self.by_permission: dict[int, set[Connection]] = defaultdict(set)
+        self.by_channel: dict[str, set[Connection]] = defaultdict(set)
         self.by_ip: dict[str, int] = defaultdict(int)
         self._buffer: dict[int, dict[str, Any]] = {}
         self._seen_changes: dict[int, float] = {}
@@ -377,6 +401,14 @@ class Hub:
             conn.anon_topics.add(topic_id)
         self.by_topic[topic_id].add(conn)
 
+    def follow_channel(self, conn: Connection, name: str) -> None:
+        conn.channels.add(name)
+        self.by_channel[name].add(conn)
+
+    def unfollow_channel(self, conn: Connection, name: str) -> None:
+        conn.channels.discard(name)
+        _discard(self.by_channel, name, conn)
+
     def unfollow(self, conn: Connection, topic_id: int) -> None:
         conn.anon_topics.discard(topic_id)
         conn.topic_ids = conn.topic_ids - {topic_id}
@@ -397,6 +429,8 @@ class Hub:
             self.by_topic[topic_id].add(conn)
         for permission_id in conn.permission_ids:
             self.by_permission[permission_id].add(conn)
+        for name in conn.channels:
+            self.by_channel[name].add(conn)
 
     def _unindex(self, conn: Connection) -> None:
         self.authenticated.discard(conn)
@@ -410,6 +444,8 @@ class Hub:
             _discard(self.by_topic, topic_id, conn)
         for permission_id in conn.permission_ids:
             _discard(self.by_permission, permission_id, conn)
+        for name in conn.channels:
+            _discard(self.by_channel, name, conn)
 
     async def public_replay(
         self, *, after: int, upto: int, limit: int
@@ -490,6 +526,11 @@ class Hub:
         if kind == messages.EVENT:
             async with self._lock:
                 await self._accept([message])
+        elif kind == messages.EVENTS:
+            async with self._lock:
+                await self._accept(message["events"])
+        elif kind == messages.PUSH:
+            await self._push(message)
         elif kind == messages.UNREAD:
             await self._send_unread(message["user"], message["count"], message.get("exclude"))
         elif kind == messages.MEMBERSHIP:
@@ -616,6 +657,11 @@ class Hub:
             parts.append(self.superusers)
             if permission_id in self.by_permission:
                 parts.append(self.by_permission[permission_id])
+        channel = message.get("channel")
+        if channel is not None and channel in self.by_channel:
+            parts.append(self.by_channel[channel])
+        if not parts:
+            return ()
         if len(parts) == 1:
             return list(parts[0])
         return set().union(*parts)
@@ -646,6 +692,18 @@ class Hub:
                 logger.exception("delivery to %s failed", conn.id)
         if message.get("track"):  # a broadcast: its follow-up counts live deliveries
             scheduler.count_delivery(event_id, list(targets))
+
+    async def _push(self, message: dict[str, Any]) -> None:
+        """Fan out a transient frame at once: no buffer, no horizon (it has no id)."""
+        frame, exclude = Frame(message["frame"]), message["exclude"]
+        for conn in self._targets(message, message["users"]):
+            if conn.id == exclude:
+                continue
+            try:
+                if not conn.push(frame):
+                    await conn.send_control(frame)
+            except Exception:
+                logger.exception("push to %s failed", conn.id)
 
     # Control messages -------------------------------------------------------------------------
 
@@ -721,6 +779,20 @@ class Hub:
         if reload:
             await self._reload_members(sorted(reload))
 
+    async def recheck_channels(self) -> None:
+        """Ask the authorisation functions again for every followed object channel; a socket
+        that lost the right stops following it and gets ``unsubscribed`` with ``reason``."""
+        followed = [(conn, name) for name, conns in self.by_channel.items() for conn in conns]
+        if not followed:
+            return
+        pairs = sorted({(conn.user_id, name) for conn, name in followed}, key=repr)
+        allowed = await database_sync_to_async(_authorised_channels)(pairs)
+        for conn, name in followed:
+            if (conn.user_id, name) not in allowed and name in conn.channels:
+                self.unfollow_channel(conn, name)
+                frame = {"type": "unsubscribed", "topic": name, "reason": "forbidden"}
+                await conn.send_control(Frame(frames.encode(frame)))
+
     async def _check_sessions_forever(self) -> None:
         # Every socket is checked once per SESSION_CHECK_INTERVAL, a slice at a time: one
         # check of 10,000 sessions at once held the event loop (through the GIL) for long
@@ -732,6 +804,7 @@ class Hub:
             await asyncio.sleep(tick)
             try:
                 if not queue:
+                    await self.recheck_channels()  # once per interval, like the sessions
                     queue = list(self.authenticated)
                     per_tick = max(1, -(-len(queue) // SESSION_CHECK_SLICES))
                 batch, queue = queue[:per_tick], queue[per_tick:]

@@ -13,9 +13,11 @@ from typing import Any
 HUB_GROUP = "notifications.hubs"
 
 EVENT = "notifications.event"
+EVENTS = "notifications.events"
 UNREAD = "notifications.unread"
 MEMBERSHIP = "notifications.membership"
 SESSION_ENDED = "notifications.session_ended"
+PUSH = "notifications.push"
 TOPIC_ACCESS = "notifications.topic_access"
 
 
@@ -28,6 +30,7 @@ def event(
     groups: Sequence[int],
     topic_id: int | None,
     permission_id: int | None = None,
+    channel: str | None = None,
     expires: float | None = None,
     max_inline: int | None = None,
     track: bool = False,
@@ -47,6 +50,7 @@ def event(
         # The permission whose holders receive it (audiences.holds_permission), and the
         # POSIX time after which it is delivered to nobody (Event.expires_at).
         "permission": permission_id,
+        "channel": channel,
         "expires": expires,
         # Each hub reports how many it delivered live (a broadcast's follow-up); optional.
         "track": track,
@@ -69,9 +73,15 @@ def of_event(
         groups=groups,
         topic_id=stored.topic_id if stored.to_topic else None,
         permission_id=stored.permission_id,
+        channel=stored.channel or None,
         expires=stored.expires_at.timestamp() if stored.expires_at is not None else None,
         track=track,
     )
+
+
+def events(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`event` messages in one (notify_many): one layer message per batch."""
+    return {"type": EVENTS, "events": list(batch)}
 
 
 def unread(*, user_id: int, count: int, exclude: str | None) -> dict[str, Any]:
@@ -88,3 +98,30 @@ def session_ended(*, session_keys: Sequence[str]) -> dict[str, Any]:
 
 def topic_access(*, topic_id: int, is_public: bool) -> dict[str, Any]:
     return {"type": TOPIC_ACCESS, "topic": topic_id, "public": is_public}
+
+
+def push(
+    *,
+    frame: str,
+    reach: str,
+    users: Sequence[int],
+    groups: Sequence[int],
+    topic_id: int | None,
+    permission_id: int | None,
+    channel: str | None,
+    exclude: str | None,
+) -> dict[str, Any]:
+    """A transient push: its frame encoded once, the same audience fields as :func:`event`
+    (users always inline: there are no stored recipients to look up), and the socket id of
+    the sender to leave out, if any. It has no id and takes no place in the stream."""
+    return {
+        "type": PUSH,
+        "frame": frame,
+        "reach": reach,
+        "users": list(users),
+        "groups": list(groups),
+        "topic": topic_id,
+        "permission": permission_id,
+        "channel": channel,
+        "exclude": exclude,
+    }

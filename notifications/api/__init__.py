@@ -1,0 +1,1 @@
+"""HTTP APIs: sending for services (send.py, tokens.py) and the signed-in user's inbox (inbox.py)."""
