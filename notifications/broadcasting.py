@@ -126,8 +126,9 @@ def send_now(broadcast: Broadcast, *, by: AbstractBaseUser) -> Outcome | None:
     services.check_may_send(by)
     _check_audience(broadcast)
     now = timezone.now()
+    # send_at stays empty: it was sent at once, not scheduled (the follow-up tells them apart).
     claimed = Broadcast.objects.filter(pk=broadcast.pk, status__in=EDITABLE).update(
-        status=Status.SENDING, send_at=now, scheduled_by=by, claimed_at=now, failure_reason=""
+        status=Status.SENDING, send_at=None, scheduled_by=by, claimed_at=now, failure_reason=""
     )
     if not claimed:
         broadcast.refresh_from_db()

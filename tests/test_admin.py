@@ -340,6 +340,7 @@ def test_staff_without_send_permission_cannot_send_on_any_path(client, composer,
     client.force_login(composer)
     page = client.get(ADD_URL).content.decode()
     assert 'name="_send_now"' not in page and 'name="_save"' in page
+    assert "[data-console-test] { display: none; }" in page  # no "Send a test to me" either
     # The buttons: the draft is kept, and the refusal said.
     response = client.post(ADD_URL, form(_send_now="Send now"), follow=True)
     assert (
@@ -410,6 +411,7 @@ def test_follow_up_page_and_not_read_csv(client, sender, make_user):
     html = page.content.decode()
     assert "5 users" in html  # recipients at send time (the sender is in the group)
     assert "Reach now" in html and "Recipients at send time" in html
+    assert "Scheduled for" not in html  # sent at once
     assert "2 users had an open connection when it went out (3 connections" in html
     assert "1 of 5 (20.0%)" in html
     not_read = [u.get_username() for u in page.context["page"]]

@@ -109,6 +109,9 @@ def test_staff_composes_schedules_to_a_group_and_follows_up(
     staff.goto(site_server.origin + "/admin/notifications/broadcast/")
     follow_up.click()
     expect(staff.locator("[data-figure=read]")).to_have_text("0 of 1 (0.0%)")
+    expect(staff.locator("[data-figure=send-at]")).to_contain_text(
+        send_at.strftime("%Y-%m-%d %H:%M:%S")
+    )
     expect(staff.locator("#not-read-by")).to_contain_text("member")
     member_page.goto(site_server.origin + "/notifications/")
     row = member_page.locator("[data-inbox-list] li.nt-row.unread", has_text=TITLE)
