@@ -14,6 +14,8 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from notifications.models import Event
+
 from .conftest import watch
 from .test_browser import DEADLINE_MS, open_home
 
@@ -83,6 +85,14 @@ def test_staff_composes_schedules_to_a_group_and_follows_up(
     # The member's page is open: online now (presence reports every 2 s).
     expect(reach).to_have_attribute("data-online", "1", timeout=DEADLINE_MS)
     expect(reach).to_have_text("1 recipient, 1 online now")
+
+    # "Send a test to me": to the member of staff alone, not the broadcast's send.
+    staff.click("[data-console-test]")
+    expect(staff.locator("[data-console-test-result]")).to_have_text(
+        "Sent to you alone; it shows on your open pages of the site."
+    )
+    test_event = Event.objects.get(title=f"[Test] {TITLE}")
+    assert list(test_event.recipients.values_list("user_id", flat=True)) == [root.pk]
 
     send_at = (timezone.now() + timedelta(seconds=8)).replace(microsecond=0)
     staff.fill("#id_send_at_0", send_at.strftime("%Y-%m-%d"))
