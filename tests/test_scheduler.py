@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from datetime import timedelta
@@ -159,3 +160,18 @@ async def test_exactly_once_with_two_server_processes_on_postgres_and_redis(amak
     with RedisServer() as redis:
         # Both processes share the layer: each gets every event once from Redis, and counts it.
         await _exactly_once_with_two_servers(author, REDIS_URL=redis.url)
+
+
+def test_send_due_command_sends_what_is_due_once(make_user):
+    from django.core.management import call_command
+
+    author = make_user("author", is_superuser=True)
+    due = _schedule(author, "Due", timezone.now())
+    _schedule(author, "Later", timezone.now() + timedelta(hours=1))
+    out = io.StringIO()
+    call_command("notifications_send_due", stdout=out)
+    assert out.getvalue() == f"broadcast={due.pk} sent to 1 recipients\n"
+    out = io.StringIO()
+    call_command("notifications_send_due", stdout=out)  # nothing twice
+    assert out.getvalue() == ""
+    assert Event.objects.get().title == "Due"
