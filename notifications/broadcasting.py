@@ -126,6 +126,8 @@ def send_now(broadcast: Broadcast, *, by: AbstractBaseUser) -> Outcome | None:
     services.check_may_send(by)
     _check_audience(broadcast)
     now = timezone.now()
+    if broadcast.expires_at is not None and broadcast.expires_at <= now:
+        raise ValueError("it has already expired")
     # send_at stays empty: it was sent at once, not scheduled (the follow-up tells them apart).
     claimed = Broadcast.objects.filter(pk=broadcast.pk, status__in=EDITABLE).update(
         status=Status.SENDING, send_at=None, scheduled_by=by, claimed_at=now, failure_reason=""

@@ -507,3 +507,17 @@ def test_cancel_and_duplicate_need_their_permissions(client, sender, make_user):
     assert client.get(f"{BASE}{broadcast.pk}/cancel/").status_code in (403, 405)
     broadcast.refresh_from_db()
     assert broadcast.status == Broadcast.Status.SCHEDULED and Broadcast.objects.count() == 1
+
+
+def test_an_expired_broadcast_is_not_sent(client, sender):
+    broadcast = Broadcast.objects.create(
+        title="old", created_by=sender, expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    client.force_login(sender)
+    response = client.post(
+        BASE, {"action": "send_selected", "_selected_action": [broadcast.pk]}, follow=True
+    )
+    assert "0 sent; 1 skipped: it has already expired." in messages_of(response)
+    with pytest.raises(ValueError, match="expire before it is sent"):
+        broadcasting.schedule(broadcast, by=sender)
+    assert Event.objects.count() == 0
