@@ -153,15 +153,19 @@ def report(state: ProcessReport) -> None:
         return
     from .models import PresenceProcess
 
+    now = timezone.now()
     PresenceProcess.objects.update_or_create(
         process=state.process,
         defaults={
             "users": state.users,
             "anonymous": state.anonymous,
             "connections": state.connections,
-            "updated_at": timezone.now(),
+            "updated_at": now,
         },
     )
+    # Rows of processes long gone (a crash leaves one behind) are removed by the reporters,
+    # not by readers: a page that shows who is online must not write.
+    PresenceProcess.objects.filter(updated_at__lt=now - timedelta(minutes=10)).delete()
 
 
 def withdraw(process: str) -> None:
@@ -192,8 +196,6 @@ def processes() -> list[ProcessReport]:
 
     fresh_after = timezone.now() - timedelta(seconds=_ttl())
     rows = PresenceProcess.objects.filter(updated_at__gte=fresh_after).order_by("process")
-    # Rows of processes long gone are removed by whoever reads (a crash leaves one behind).
-    PresenceProcess.objects.filter(updated_at__lt=fresh_after - timedelta(minutes=10)).delete()
     return [
         ProcessReport(
             process=row.process,
