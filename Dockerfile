@@ -12,12 +12,13 @@ RUN useradd --create-home --uid 10001 app \
     && chown app:app /app
 WORKDIR /app
 
-# The project runs from /app: its templates/ and static/ are not part of the installed
-# package. `pip install .` installs the dependencies (and the packages themselves).
+# The project runs from /app: the demo `project` package, its templates/ and static/ are not
+# part of the installed package. `pip install .` installs the app and the dependencies.
 COPY --chown=app:app . .
 RUN pip install .
 
-USER app
+# The `app` user created above, by its uid (hadolint DL3066).
+USER 10001
 
 # Static files are collected at build time; WhiteNoise serves them. The secret is a
 # throwaway: collectstatic signs nothing and touches no database.

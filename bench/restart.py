@@ -43,7 +43,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .run import (
+from .common import (
     ClientPool,
     LoadMeter,
     _children,

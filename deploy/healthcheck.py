@@ -2,7 +2,8 @@
 
 It names a host from DJANGO_ALLOWED_HOSTS (Django answers 400 to any other Host) and says the
 request came in over HTTPS (X-Forwarded-Proto), so that SECURE_SSL_REDIRECT does not answer
-with a redirect. Exit status 0 when /healthz answers 200 (the database is reachable), else 1.
+with a redirect. Exit status 0 when /healthz answers 200 (the database answers and, with
+Redis, a message makes the round trip through the channel layer), else 1.
 """
 
 import os
@@ -22,7 +23,7 @@ def main() -> int:
     try:
         with urllib.request.urlopen(request, timeout=3) as response:
             return 0 if response.status == 200 else 1
-    except Exception as exc:  # HTTPError (503: database down), URLError, timeout
+    except Exception as exc:  # HTTPError (503: database or Redis down), URLError, timeout
         print(f"healthcheck: {exc}", file=sys.stderr)
         return 1
 

@@ -68,3 +68,46 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     return messages
+
+
+@checks.register()
+def check_operations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The operations settings (ids E020-E029, W020-W029): /metrics access and retention."""
+    import ipaddress
+
+    from .retention import parse_age
+
+    try:
+        networks = notifications_settings.METRICS_ALLOWED_NETWORKS
+        token = notifications_settings.METRICS_TOKEN
+        retention = notifications_settings.RETENTION
+    except ImproperlyConfigured:
+        return []  # reported by check_settings (E001)
+    messages: list[checks.CheckMessage] = []
+    for entry in networks:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            messages.append(
+                checks.Error(
+                    f"NOTIFICATIONS['METRICS_ALLOWED_NETWORKS'] has {entry!r}, which is not a "
+                    "network (CIDR such as 10.0.0.0/8, or an address).",
+                    id="notifications.E020",
+                )
+            )
+    if token is not None and len(str(token)) < 16:
+        messages.append(
+            checks.Warning(
+                "NOTIFICATIONS['METRICS_TOKEN'] is shorter than 16 characters.",
+                hint="Use a long random value, for example secrets.token_urlsafe(32).",
+                id="notifications.W020",
+            )
+        )
+    if retention not in (None, ""):
+        try:
+            parse_age(retention)
+        except ValueError as exc:
+            messages.append(
+                checks.Error(f"NOTIFICATIONS['RETENTION']: {exc}.", id="notifications.E021")
+            )
+    return messages

@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Seconds the hub waits for a missing lower id to arrive before asking the database.
     "GAP_WAIT": 0.05,
+    # Threads (each with its own database connection) for the reads of WebSocket handshakes,
+    # so that a burst of signed-in handshakes waits for the database in parallel
+    # (realtime/dbthreads.py).
+    "HANDSHAKE_THREADS": 4,
     # Seconds between checks that connected users' sessions still exist and users are active.
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.
@@ -63,6 +67,22 @@ DEFAULTS: dict[str, Any] = {
     "GC_FREEZE_INTERVAL": 10.0,
     # Seconds between planned full collections of the frozen objects; None: never.
     "GC_FULL_COLLECT_INTERVAL": 600.0,
+    # Client networks (CIDR) that may read GET /metrics; [] closes it to all but the token.
+    "METRICS_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"],
+    # A bearer token that opens GET /metrics to any client that sends it; None: no token.
+    "METRICS_TOKEN": None,
+    # Seconds /healthz waits for a channel-layer round trip (non in-memory layers).
+    "HEALTH_TIMEOUT": 1.0,
+    # Age of the notifications `manage.py purge_notifications` deletes when it is given no
+    # --older-than: "90d", "12h", "30m" or a timedelta; None: the option is required.
+    "RETENTION": None,
+    # One JSON line per socket event (connect, reject, close, replay, error) and publish
+    # failure on the notifications.events logger (notifications/eventlog.py).
+    "JSON_LOGS": False,
+    # Seconds a SIGTERM drain answers /readyz with 503 before it closes the sockets.
+    "DRAIN_GRACE": 0.0,
+    # Seconds a SIGTERM drain waits for closed sockets to finish before the server stops.
+    "DRAIN_TIMEOUT": 5.0,
     # HTTP API (docs/api.md): requests per minute per token when the token sets no rate.
     "API_RATE": 600,
     # HTTP API: largest request body in bytes (a batch of 100 included); bigger gets 400.

@@ -395,6 +395,23 @@ class ApiRateWindow(models.Model):
         return f"{self.token_id} @ {self.minute}: {self.count}"
 
 
+class PurgeWatermark(models.Model):
+    """How far ``manage.py purge_notifications`` has deleted: one row (pk 1).
+
+    ``purged_through`` is the highest event id it deleted. A replay from a cursor below it may
+    have lost events, so it answers ``complete: false``; ids that never committed (rolled
+    back) leave gaps too, but they never raise this mark.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    purged_through = models.BigIntegerField(default=0)
+    purged_at = models.DateTimeField(null=True, blank=True)
+    deleted_total = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"purged through event {self.purged_through}"
+
+
 class PresenceProcess(models.Model):
     """One server process's open connections, refreshed every ``PRESENCE_INTERVAL`` seconds.
 

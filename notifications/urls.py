@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import metrics, views
 from .api import send
 
 app_name = "notifications"
@@ -10,6 +10,8 @@ urlpatterns = [
     path("notifications/<int:event_id>/read/", views.mark_read, name="mark_read"),
     path("notifications/read-all/", views.mark_all_read, name="mark_all_read"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]
 
 # The sending API for other services (notifications/api/send.py, docs/api.md).

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import logging
 
+from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
-from . import selectors, services
+from . import health, selectors, services
+from .realtime import drain
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +70,38 @@ def mark_all_read(request: HttpRequest) -> HttpResponse:
     return _redirect_back(request)
 
 
+async def _health() -> JsonResponse:
+    database = await sync_to_async(health.check_database)()
+    if database is not None:
+        # A warning, not a traceback: a probe repeats this every few seconds during an outage.
+        logger.warning("healthz: database unavailable: %s", database)
+        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
+    layer = await health.check_layer()
+    if layer is not None:
+        # The details (host, port) go to the log only: the endpoint may be public.
+        logger.warning("healthz: channel layer unavailable: %s", layer)
+        reason = "timeout" if layer.startswith("no round trip") else "error"
+        return JsonResponse(
+            {"status": "error", "channel_layer": "unavailable", "reason": reason}, status=503
+        )
+    return JsonResponse({"status": "ok"})
+
+
 @never_cache
 @require_safe
-def healthz(request: HttpRequest) -> JsonResponse:
-    """``{"status": "ok"}`` when the database answers, else 503 (for load balancers)."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-    except DatabaseError as exc:
-        # A warning, not a traceback: a probe repeats this every few seconds during an outage.
-        logger.warning("healthz: database unavailable: %s", exc)
-        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
-    return JsonResponse({"status": "ok"})
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """``{"status": "ok"}`` when the database answers and, with a channel layer that spans
+    processes (Redis), a message makes the round trip through it; else 503 saying which
+    failed (for load balancers and container health checks)."""
+    return await _health()
+
+
+@never_cache
+@require_safe
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """As :func:`healthz`, and 503 ``{"status": "draining"}`` once this process received
+    SIGTERM (realtime/drain.py): take it out of the load balancer."""
+    drain.install()
+    if drain.draining():
+        return JsonResponse({"status": "draining"}, status=503)
+    return await _health()

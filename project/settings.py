@@ -171,6 +171,8 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = os.environ.get("DJANGO_SECURE_SSL_REDIRECT", "1") == "1"
+    # Scrapes and probes reach each process over plain HTTP on its own address.
+    SECURE_REDIRECT_EXEMPT = [r"^metrics$", r"^healthz$", r"^readyz$"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
@@ -195,16 +197,40 @@ for _key in (
     "REQUEST_HEAD_TIMEOUT",
     "GC_FREEZE_INTERVAL",
     "GC_FULL_COLLECT_INTERVAL",
+    "HEALTH_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "DRAIN_GRACE",
+    "JSON_LOGS",
 ):
     if os.environ.get(f"NOTIFICATIONS_{_key}"):
         NOTIFICATIONS[_key] = json.loads(os.environ[f"NOTIFICATIONS_{_key}"])
+# GET /metrics: client networks (comma separated CIDR; "none" for none) and a bearer token.
+if "NOTIFICATIONS_METRICS_ALLOWED_NETWORKS" in os.environ:
+    _networks = os.environ["NOTIFICATIONS_METRICS_ALLOWED_NETWORKS"]
+    NOTIFICATIONS["METRICS_ALLOWED_NETWORKS"] = (
+        [] if _networks.strip() == "none" else _env_list("NOTIFICATIONS_METRICS_ALLOWED_NETWORKS")
+    )
+if os.environ.get("NOTIFICATIONS_METRICS_TOKEN"):
+    NOTIFICATIONS["METRICS_TOKEN"] = os.environ["NOTIFICATIONS_METRICS_TOKEN"]
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # The structured lines (NOTIFICATIONS_JSON_LOGS) are whole JSON objects already.
+        "json_line": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "json_console": {"class": "logging.StreamHandler", "formatter": "json_line"},
+    },
     "loggers": {
+        "notifications.events": {
+            "handlers": ["json_console"],
+            "level": "INFO",
+            "propagate": False,
+        },
         "notifications": {
             "handlers": ["console"],
             "level": os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO"),

@@ -22,6 +22,14 @@ async def _fresh_hub():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_purge_watermark():
+    """The watermark a process caches belongs to the test that read it."""
+    from notifications import retention
+
+    retention._cache.forget()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_limits():
     from notifications.realtime import consumer
 

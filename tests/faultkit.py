@@ -294,8 +294,10 @@ class ResumingClient:
         rng: random.Random | None = None,
         lifetime: tuple[float, float] | None = None,
         reconnect_delay: float = 0.05,
+        ssl: Any = None,
     ) -> None:
         self.name = name
+        self.ssl = ssl  # an ssl.SSLContext for wss:// URLs with a private certificate
         self.urls = urls
         self.cookie = cookie
         self.cursor = cursor
@@ -401,10 +403,13 @@ class ResumingClient:
         headers = {"Cookie": self.cookie} if self.cookie else {}
         cursor = self.cursor
         target = url if cursor is None else f"{url}?cursor={cursor}"
+        scheme = "https" if parts.scheme == "wss" else "http"
+        extra = {"ssl": self.ssl} if self.ssl is not None else {}
         async with ws_connect(
             target,
-            origin=f"http://{parts.netloc}",
+            origin=f"{scheme}://{parts.netloc}",
             additional_headers=headers,
+            **extra,
             open_timeout=5,
             close_timeout=2,
             ping_interval=None,

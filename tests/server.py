@@ -74,9 +74,17 @@ def manage(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedP
 class ServerProcess:
     """``daphne project.asgi:application`` on 127.0.0.1, stopped and restarted at will."""
 
-    def __init__(self, port: int | None = None, *, server: str = "daphne", **env: str) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        server: str = "daphne",
+        extra_args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
         self.port = port or free_port()
         self.server = server
+        self.extra_args = extra_args  # appended to the server's command line
         self.env = env
         self.process: subprocess.Popen | None = None
         # Kept open for the life of the process, so not a context manager.
@@ -104,13 +112,23 @@ class ServerProcess:
                 "--http", "notifications.realtime.uvicorn_http:HttpToolsProtocol",
                 "--log-level", "warning",
             ]  # fmt: skip
+        elif self.server == "runserver":
+            # Daphne's runserver; without the autoreloader it runs in the main thread.
+            command = [
+                sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks",
+                f"127.0.0.1:{self.port}",
+            ]  # fmt: skip
         else:
             command = [
                 sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
                 "project.asgi:application",
             ]  # fmt: skip
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=child_env(**self.env), stdout=self.log, stderr=subprocess.STDOUT
+            [*command, *self.extra_args],
+            cwd=ROOT,
+            env=child_env(**self.env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

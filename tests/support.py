@@ -16,7 +16,8 @@ from django.contrib.sessions.backends.db import SessionStore
 
 from notifications.realtime.routing import websocket_application
 
-# Comma-separated kinds (redis, postgres, browser, curl) whose tests must run, or "all".
+# Comma-separated kinds (redis, postgres, browser, curl, nginx, hadolint) whose tests must
+# run, or "all".
 REQUIRED = {
     kind.strip()
     for kind in os.environ.get("NOTIFICATIONS_REQUIRE_SERVICES", "").split(",")

@@ -81,3 +81,25 @@ def test_wildcard_allowed_hosts_is_a_warning():
     """With '*' every Origin is an allowed host (docs/security.md, Origin policy)."""
     assert "notifications.W004" in ids(ALLOWED_HOSTS=["*"])
     assert "notifications.W004" not in ids(ALLOWED_HOSTS=["app.example.com"])
+
+
+def test_operations_checks():
+    from django.core import checks as django_checks
+    from django.test import override_settings
+
+    def ids() -> list[str]:
+        return sorted(m.id for m in django_checks.run_checks() if m.id.startswith("notifications."))
+
+    ops = {"notifications.E020", "notifications.W020", "notifications.E021"}
+    assert not ops & set(ids())
+    bad = {
+        "METRICS_ALLOWED_NETWORKS": ["10.0.0.0/8", "not a network"],
+        "METRICS_TOKEN": "short",
+        "RETENTION": "90 days",
+    }
+    with override_settings(NOTIFICATIONS=bad):
+        found = ids()
+    assert ops <= set(found)
+    good = {"METRICS_ALLOWED_NETWORKS": ["10.0.0.0/8", "::1"], "RETENTION": "90d"}
+    with override_settings(NOTIFICATIONS=good):
+        assert not ops & set(ids())

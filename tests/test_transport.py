@@ -18,6 +18,7 @@ from notifications import notify
 from notifications.realtime.transport import AsgiWriter, Frame, writer_for
 
 from .server import ServerProcess
+from .test_security import LogWatch
 
 SERVERS = ["daphne", "uvicorn", "uvicorn-websockets-sansio"]
 
@@ -146,13 +147,18 @@ async def test_sockets_that_vanish_mid_answer_leave_the_hub(kind, amake_user):
     cookie = await db(session_cookie)(alice)
     env = {"NOTIFICATIONS_MAX_CONNECTIONS_PER_USER": "3"}
     with ServerProcess(server=kind, **env) as server:
-        for _ in range(12):
+        log = LogWatch(server)
+        for attempt in range(12):
             async with ws_connect(
                 server.ws_url, origin=server.origin, additional_headers={"Cookie": cookie}
             ) as ws:
                 assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
                 await ws.send(json.dumps({"type": "read_all"}))
                 ws.transport.abort()  # gone before the answer
+            # The socket leaves the hub (its ws.disconnect line comes after that). Waited
+            # for: handshakes no longer queue behind the vanished socket's read_all on one
+            # database thread (HANDSHAKE_THREADS), so the next one can overtake it.
+            await log.until(r"ws\.disconnect ", count=attempt + 1)
         async with ws_connect(
             server.ws_url, origin=server.origin, additional_headers={"Cookie": cookie}
         ) as ws:

@@ -24,13 +24,14 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from .. import audiences, selectors, services
+from .. import audiences, eventlog, metrics, retention, selectors, services
 from .. import channels as object_channels
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
-from . import frames, presence_watch
+from . import drain, frames, presence_watch
 from .auth import authenticate, session_key_from
 from .connection import Connection
+from .dbthreads import handshake_reads
 from .frames import ClientFrame, FrameError
 from .hub import get_hub, load_replay
 from .origin import header
@@ -108,7 +109,7 @@ def _unsubscribe(user: Any, slug: str) -> tuple[Any, bool]:
 class NotificationConsumer:
     """ASGI application for ``ws[s]://HOST/ws/notifications/``."""
 
-    __slots__ = ("closing", "conn", "hub", "receive", "scope", "send", "user")
+    __slots__ = ("close_code", "closing", "conn", "hub", "receive", "scope", "send", "user")
 
     def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scope = scope
@@ -117,6 +118,7 @@ class NotificationConsumer:
         self.user: Any = AnonymousUser()
         self.conn: Connection | None = None
         self.closing = False
+        self.close_code: int | None = None  # the code this server closed the socket with
 
     @classmethod
     def as_asgi(cls) -> Any:
@@ -127,6 +129,7 @@ class NotificationConsumer:
 
     async def run(self) -> None:
         code = None
+        drain.running.add(self)
         try:
             while True:
                 message = await self.receive()
@@ -151,39 +154,53 @@ class NotificationConsumer:
                 sys.exc_info()[1],
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
+            eventlog.emit(
+                "error",
+                where="socket",
+                conn=self.conn.id if self.conn else None,
+                error=eventlog.describe(sys.exc_info()[1]),
+            )
         finally:
             # However the socket ends, it leaves the hub (else a user's cap fills up).
             self.on_disconnect(code)
+            drain.running.discard(self)
 
     # Handshake -------------------------------------------------------------------------------
 
-    async def reject(self, reason: str, **context: Any) -> bool:
+    async def reject(self, reason: str, *, result: str = "limit", **context: Any) -> bool:
         details = " ".join(f"{key}={value}" for key, value in context.items())
         logger.warning("ws.reject reason=%r %s", reason, details)
+        metrics.handshake(result)
+        eventlog.emit("reject", reason=reason, **context)
         await self.send({"type": "websocket.close"})  # before accept: HTTP 403
         return False
 
     async def on_connect(self) -> bool:
         scope = self.scope
         ip = (scope.get("client") or (None, None))[0]
+        if drain.draining():
+            return await self.reject("draining", result="draining", client=ip)
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         cursor, cursor_error = _query_cursor(query)
         slugs = query.get("topic", [])
         if len(slugs) > MAX_QUERY_TOPICS:
-            return await self.reject(f"more than {MAX_QUERY_TOPICS} topics", client=ip)
+            return await self.reject(
+                f"more than {MAX_QUERY_TOPICS} topics", result="bad_request", client=ip
+            )
         session_key = session_key_from(header(scope, b"cookie"))
         self.hub = hub = get_hub()
         try:
             await hub.ready()
             if session_key or slugs:
-                user, membership, topics, topic_errors = await database_sync_to_async(_handshake)(
+                user, membership, topics, topic_errors = await handshake_reads(_handshake)(
                     session_key, slugs
                 )
             else:  # an anonymous visitor without cookies: nothing to look up
                 user, membership, topics, topic_errors = AnonymousUser(), Membership(None), [], []
         except Exception:
             logger.exception("handshake failed (database unavailable?)")
-            return await self.reject("server error", client=ip)
+            eventlog.emit("error", where="handshake", error=eventlog.describe(sys.exc_info()[1]))
+            return await self.reject("server error", result="error", client=ip)
         self.user = user
         refusal = hub.admit(membership.user_id, ip)
         if refusal:
@@ -205,6 +222,7 @@ class NotificationConsumer:
             frames.SUBPROTOCOL if frames.SUBPROTOCOL in scope.get("subprotocols", []) else None
         )
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
+        metrics.handshake("accepted")
         conn.writer.forget_handshake()
         # DEBUG: one line per socket was ~10 % of an anonymous handshake's cost (py-spy), and
         # a restart brings every client back at once. Rejections stay at WARNING.
@@ -216,6 +234,7 @@ class NotificationConsumer:
             cursor,
             type(conn.writer).__name__,
         )
+        eventlog.emit("connect", conn=conn.id, user=membership.user_id, client=ip, cursor=cursor)
         greeting = await self._greeting(start, cursor)
         await self.send_frame(
             {
@@ -244,7 +263,7 @@ class NotificationConsumer:
         try:
             # Count what this socket will not bring live: up to its start, or up to the
             # client's cursor when that is ahead (events the page already rendered).
-            return await database_sync_to_async(selectors.greeting)(
+            return await handshake_reads(selectors.greeting)(
                 self.user,
                 upto=start,
                 counted_to=max(start, cursor or 0),
@@ -258,6 +277,7 @@ class NotificationConsumer:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
         if self.conn is None or not self.conn.writer.close_frame(code):
             await self.send({"type": "websocket.close", "code": code})
 
@@ -275,6 +295,12 @@ class NotificationConsumer:
         if conn.user_id is None:
             _limiter.forget(conn.id)  # an anonymous budget is per connection
         logger.debug("ws.disconnect %s code=%s", conn.id, code)
+        if self.close_code is not None:
+            eventlog.emit(
+                "close", conn=conn.id, user=conn.user_id, code=self.close_code, by="server"
+            )
+        else:
+            eventlog.emit("close", conn=conn.id, user=conn.user_id, code=code, by="client")
 
     # Frames ----------------------------------------------------------------------------------
 
@@ -310,6 +336,12 @@ class NotificationConsumer:
             await self.send_frame(frames.error(exc.code, str(exc), frame.ref if frame else None))
         except Exception:
             logger.exception("frame handling failed on %s", self.conn.id)
+            eventlog.emit(
+                "error",
+                where="frame",
+                conn=self.conn.id,
+                error=eventlog.describe(sys.exc_info()[1]),
+            )
             await self.send_frame(
                 frames.error(
                     "internal_error",
@@ -441,13 +473,15 @@ class NotificationConsumer:
             # Announcements to everyone only: the same for every such socket, so sockets
             # resuming from the same cursor (all of them, after a restart) share one query.
             texts = await self.hub.public_replay(after=after, upto=upto, limit=limit + 1)
-        complete = len(texts) <= limit
+        # Also incomplete when a purge deleted events above the cursor (retention.py).
+        complete = len(texts) <= limit and not await retention.purged_after(after)
         sent = 0
         for event_id, text, is_notification in texts[:limit]:
             await self.send({"type": "websocket.send", "text": text})
             self.conn.last_sent = event_id
             sent += is_notification
         self.conn.position = max(self.conn.position, self.conn.last_sent)
+        metrics.REPLAYED.inc(sent)
         return sent, complete
 
     async def _replay(self, *, after: int, upto: int, ref: str | int | None) -> None:
@@ -455,6 +489,14 @@ class NotificationConsumer:
         the client's own cursor, when it is ahead of this process) is settled afterwards."""
         assert self.conn is not None
         count, complete = await self._send_replay(after=after, upto=upto)
+        eventlog.emit(
+            "replay",
+            conn=self.conn.id,
+            user=self.conn.user_id,
+            after=after,
+            count=count,
+            complete=complete,
+        )
         self.conn.position = max(self.conn.position, upto, after)
         await self.send_frame(
             frames.with_ref({"type": "replayed", "count": count, "complete": complete}, ref)

@@ -31,12 +31,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
-from .. import selectors
+from .. import metrics, selectors
 from ..audiences import Membership, membership_of
 from ..compiled import CompiledQuery
 from ..conf import notifications_settings
 from ..models import Broadcast, Reach, Recipient
-from . import frames, messages, scheduler
+from . import drain, frames, messages, scheduler
 from .connection import Connection
 from .gcpolicy import GcPolicy
 from .transport import Frame
@@ -69,12 +69,16 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
         )
     )
     return [
-        _message_of(
-            event,
-            recipients.get(event.id, []),
-            [group.pk for group in event.groups.all()],
-            track=event.id in tracked,
-        )
+        {
+            **_message_of(
+                event,
+                recipients.get(event.id, []),
+                [group.pk for group in event.groups.all()],
+                track=event.id in tracked,
+            ),
+            # No publish brought it: the row's creation stands in for its commit (metrics).
+            "committed_at": event.created_at.timestamp(),
+        }
         for event in events
     ]
 
@@ -338,6 +342,7 @@ class Hub:
                 notifications_settings.GC_FULL_COLLECT_INTERVAL,
             )
             self._tasks.append(asyncio.ensure_future(self._gc.run()))
+        drain.install()  # after the server's own SIGTERM handler (realtime/drain.py)
         logger.info("hub started at cursor %s", self.horizon)
 
     async def _join_group(self) -> None:
@@ -690,20 +695,24 @@ class Hub:
                     await conn.deliver(event_id, frame)
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
+        metrics.fanned_out(len(targets), message.get("committed_at"))  # once per event
         if message.get("track"):  # a broadcast: its follow-up counts live deliveries
             scheduler.count_delivery(event_id, list(targets))
 
     async def _push(self, message: dict[str, Any]) -> None:
         """Fan out a transient frame at once: no buffer, no horizon (it has no id)."""
         frame, exclude = Frame(message["frame"]), message["exclude"]
-        for conn in self._targets(message, message["users"]):
+        targets, skipped = self._targets(message, message["users"]), 0
+        for conn in targets:
             if conn.id == exclude:
+                skipped = 1
                 continue
             try:
                 if not conn.push(frame):
                     await conn.send_control(frame)
             except Exception:
                 logger.exception("push to %s failed", conn.id)
+        metrics.PUSHES.inc(len(targets) - skipped)  # once per push, never per socket
 
     # Control messages -------------------------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 They are small dicts with a ``type``. An event travels as its pre-encoded live frame plus the
 audience, so that a hub never encodes JSON or touches the database on the hot path.
+
+An event message also carries ``committed_at`` (POSIX time), added by ``publish_raw`` when it
+runs on commit, or from the row's ``created_at`` when the hub read the event from the database:
+the start of ``notifications_delivery_latency_seconds`` (notifications/metrics.py).
 """
 
 from __future__ import annotations

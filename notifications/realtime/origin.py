@@ -16,6 +16,7 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import validate_host
 
+from .. import eventlog, metrics
 from ..conf import notifications_settings
 
 logger = logging.getLogger("notifications.realtime")
@@ -75,5 +76,7 @@ class OriginGuard:
         if scope["type"] == "websocket" and not origin_allowed(origin):
             client = scope.get("client") or ("?", 0)
             logger.warning("ws.reject origin=%r client=%s", origin, client[0])
+            metrics.handshake("origin")
+            eventlog.emit("reject", reason="origin", origin=origin, client=client[0])
             return await WebsocketDenier()(scope, receive, send)
         return await self.application(scope, receive, send)

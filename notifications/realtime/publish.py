@@ -8,13 +8,15 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from .. import eventlog, metrics
 from ..conf import notifications_settings
-from .messages import HUB_GROUP
+from .messages import EVENT, EVENTS, HUB_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +59,10 @@ _pending_lock = threading.Lock()
 async def _group_send(layer: Any, message: dict[str, Any]) -> None:
     try:
         await asyncio.wait_for(layer.group_send(HUB_GROUP, message), PUBLISH_TIMEOUT)
-    except Exception:
+    except Exception as exc:
+        metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
+        eventlog.emit("publish_failure", message=message["type"], error=eventlog.describe(exc))
 
 
 def _done(future: concurrent.futures.Future) -> None:
@@ -95,6 +99,21 @@ def flush(timeout: float = PUBLISH_TIMEOUT) -> bool:
 atexit.register(flush)
 
 
+def _stamped(message: dict[str, Any]) -> dict[str, Any]:
+    """An event message (or a batch of them) with its commit time, counted as published.
+
+    This runs on commit: ``committed_at`` starts the hubs' delivery latency histogram."""
+    kind = message["type"]
+    if kind == EVENT:
+        metrics.EVENTS_PUBLISHED.inc()
+        return {**message, "committed_at": time.time()}
+    if kind == EVENTS:
+        now = time.time()
+        metrics.EVENTS_PUBLISHED.inc(len(message["events"]))
+        return {**message, "events": [{**e, "committed_at": now} for e in message["events"]]}
+    return message
+
+
 def publish_raw(message: dict[str, Any]) -> None:
     """Send ``message`` to every hub now, outside any transaction check.
 
@@ -104,7 +123,10 @@ def publish_raw(message: dict[str, Any]) -> None:
     layer = get_channel_layer(notifications_settings.CHANNEL_LAYER)
     if layer is None:
         return
+    message = _stamped(message)
     try:
         _send(layer, message)
-    except Exception:
+    except Exception as exc:
+        metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
+        eventlog.emit("publish_failure", message=message["type"], error=eventlog.describe(exc))
