@@ -22,6 +22,7 @@ fan-out (production keeps the 20 s default; the pings cost the same in every kin
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +50,8 @@ KINDS = (
     "ours-uvicorn-sansio-push",
     "ours-daphne-2p",
     "ours-uvicorn-2p",
+    # Three production processes sharing Redis: the 50,000-connection case (docs/scaling.md).
+    "ours-uvicorn-sansio-3p",
     "stock",
     "ours-longpoll",
 )
@@ -158,7 +161,8 @@ class ServerGroup:
 
     @property
     def count(self) -> int:
-        return 2 if self.kind.endswith("-2p") else 1
+        match = re.search(r"-(\d+)p$", self.kind)
+        return int(match.group(1)) if match else 1
 
     @property
     def urls(self) -> list[str]:

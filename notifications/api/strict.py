@@ -15,9 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MIN_INT = -(2**63)
-MAX_INT = 2**63 - 1
-MAX_DEPTH = 32
+from ..validation import MAX_DEPTH, MAX_INT
+
+# The limits are validation.py's, which notify() applies to every other entry point; this
+# module checks them while parsing, to name the path and to catch duplicate keys.
+MIN_INT = -MAX_INT - 1
 
 
 class StrictJsonError(ValueError):
