@@ -90,6 +90,19 @@ DEFAULTS: dict[str, Any] = {
     # Language codes lazy titles and bodies are rendered in (notifications/i18n.py); None:
     # the codes of settings.LANGUAGES.
     "LANGUAGES": None,
+    # Seconds between each server process's looks for broadcasts due to be sent (scheduled
+    # ones and "send now"); a due broadcast goes out within about this long.
+    "SCHEDULER_INTERVAL": 0.5,
+    # Seconds after which a broadcast claimed by a process that never finished sending it
+    # (the process died) may be claimed again. The send itself is one transaction.
+    "SEND_CLAIM_TIMEOUT": 60.0,
+    # "Send now" of a broadcast naming more users than this one by one (each costs a row) is
+    # handed to the background sender; smaller audiences are sent in the admin request.
+    "SEND_INLINE_MAX_USERS": 1000,
+    # Seconds between each server process's presence reports (presence.snapshot()).
+    "PRESENCE_INTERVAL": 2.0,
+    # Seconds after which a process that stopped reporting drops out of presence.
+    "PRESENCE_TTL": 5.0,
 }
 
 

@@ -246,7 +246,19 @@ class MembershipChange(models.Model):
 
 
 class Broadcast(models.Model):
-    """A push composed by staff in the admin. Sending it creates one :class:`Event`."""
+    """A push composed by staff in the admin. Sending it creates one :class:`Event`.
+
+    Its ``status`` moves draft -> scheduled -> sending -> sent (or failed); a scheduled one
+    can be cancelled back to a draft. "Send now" is a schedule for now: every send is made by
+    the server's background sender (notifications/realtime/scheduler.py), exactly once.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SCHEDULED = "scheduled", "Scheduled"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
 
     class Audience(models.TextChoices):
         EVERYONE = "everyone", "Everyone (anonymous visitors included)"
@@ -288,10 +300,40 @@ class Broadcast(models.Model):
     event = models.OneToOneField(
         Event, null=True, blank=True, on_delete=models.SET_NULL, related_name="broadcast"
     )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    scheduled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The user the background sender acts for; their permission is checked "
+        "again at send time.",
+    )
+    claimed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a server process took this broadcast to send it."
+    )
+    failure_reason = models.TextField(blank=True)
+    pending_users = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Ids of users still to be added to `users` by the background sender: a "
+        "selection of 100,000 users is stored as one value in the request, not 100,000 rows.",
+    )
+    # Delivered live: what the hubs wrote when the event went out, added up over processes.
+    delivered_users = models.PositiveIntegerField(default=0)
+    delivered_anonymous = models.PositiveIntegerField(default=0)
+    delivered_connections = models.PositiveIntegerField(default=0)
+    delivery_reports = models.PositiveIntegerField(
+        default=0, help_text="Server processes that reported their live delivery."
+    )
 
     class Meta:
         ordering = ["-created_at"]
         permissions = [("send_broadcast", "Can send broadcasts")]
+        indexes = [
+            models.Index(fields=["status", "send_at"], name="notifications_bcast_due"),
+        ]
 
     def __str__(self) -> str:
         return self.title
@@ -446,3 +488,24 @@ class PurgeWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"purged through event {self.purged_through}"
+
+
+class PresenceProcess(models.Model):
+    """One server process's open connections, refreshed every ``PRESENCE_INTERVAL`` seconds.
+
+    The presence store of the embedded defaults (no Redis): ``presence.snapshot()`` reads
+    the rows refreshed within ``PRESENCE_TTL`` seconds, from any process.
+    """
+
+    process = models.CharField(max_length=200, primary_key=True)
+    users = models.JSONField(default=list)
+    anonymous = models.PositiveIntegerField(default=0)
+    connections = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "online now"
+        verbose_name_plural = "online now"
+
+    def __str__(self) -> str:
+        return self.process

@@ -254,6 +254,20 @@ def unread_by(event: Event, *, limit: int = 100) -> list:
     return list(audience_users(event).exclude(_readers_q(event)).order_by("pk")[:limit])
 
 
+def unread_users(event: Event) -> QuerySet:
+    """Every user the event reaches now who has not read it, by id (a broadcast's follow-up)."""
+    from .audiences import audience_users
+
+    return audience_users(event).exclude(_readers_q(event)).order_by("pk")
+
+
+def readers(event: Event) -> QuerySet:
+    """Every user the event reaches now who has read it."""
+    from .audiences import audience_users
+
+    return audience_users(event).filter(_readers_q(event))
+
+
 def users_in_groups(group_ids: Iterable[int]) -> list[int]:
     """Ids of users who belong to any of these groups."""
     from django.contrib.auth import get_user_model

@@ -194,6 +194,7 @@ def notify(
     expires_at: datetime | None = None,
     group_key: str | None = None,
     target: Model | None = None,
+    track_delivery: bool = False,
 ) -> Event:
     """Store a notification for ``recipients`` and publish it when the transaction commits.
 
@@ -206,7 +207,9 @@ def notify(
     ``selectors.notifications_about(obj)``, ``target`` in the frame). Events with the same
     ``group_key`` collapse into one row of the feed ("Ann and 2 others"). ``title`` and
     ``body`` may be lazy translation strings: each recipient then gets them in their own
-    language (notifications/i18n.py). Raises ``ValueError`` for bad arguments; nothing is
+    language (notifications/i18n.py). With ``track_delivery`` every server process reports
+    how many it delivered live (used by broadcasts, see broadcasting.record_live_delivery).
+    Raises ``ValueError`` for bad arguments; nothing is
     stored then.
     """
     title, body, translations = i18n.render(title, body)
@@ -267,7 +270,11 @@ def notify(
                 [Recipient(event=event, user_id=user_id) for user_id in audience.users],
                 batch_size=1000,
             )
-        _on_commit(messages.of_event(event, users=audience.users, groups=audience.groups))
+        _on_commit(
+            messages.of_event(
+                event, users=audience.users, groups=audience.groups, track=track_delivery
+            )
+        )
         transaction.on_commit(
             partial(signals.notification_sent.send, sender=Event, event=event), robust=True
         )
@@ -631,7 +638,8 @@ def broadcast_audience(broadcast: Broadcast) -> Audience:
     if kind == Broadcast.Audience.GROUPS:
         audience = Audience(groups=broadcast.groups.all())
     elif kind == Broadcast.Audience.USERS:
-        audience = Audience(users=broadcast.users.all())
+        # Ids, not user objects: a broadcast may name 100,000 users.
+        audience = Audience(users=broadcast.users.values_list("pk", flat=True))
     elif kind == Broadcast.Audience.TOPIC:
         if broadcast.topic is None:
             raise ValueError("choose a topic")
@@ -679,9 +687,14 @@ def send_broadcast(broadcast: Broadcast, *, by: AbstractBaseUser | None) -> Even
             level=locked.level,
             actor=by,
             expires_at=locked.expires_at,
+            track_delivery=True,
         )
         Broadcast.objects.filter(pk=locked.pk).update(
-            sent_at=timezone.now(), sent_by=by, event=event
+            sent_at=timezone.now(),
+            sent_by=by,
+            event=event,
+            status=Broadcast.Status.SENT,
+            failure_reason="",
         )
     broadcast.refresh_from_db()
     return event

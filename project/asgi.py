@@ -12,5 +12,10 @@ django_http = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from notifications.realtime.routing import websocket_application  # noqa: E402
+from notifications.realtime.startup import StartHub, lifespan  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_http, "websocket": websocket_application})
+# The hub, and with it the broadcast sender, starts with the server (lifespan: uvicorn) or its
+# first request (StartHub: daphne), not only with the first socket (docs/admin.md).
+application = ProtocolTypeRouter(
+    {"http": StartHub(django_http), "websocket": websocket_application, "lifespan": lifespan}
+)

@@ -28,7 +28,7 @@ from .. import audiences, eventlog, i18n, metrics, retention, selectors, service
 from .. import channels as object_channels
 from ..audiences import Membership, membership_of
 from ..conf import notifications_settings
-from . import drain, frames
+from . import drain, frames, presence_watch
 from .auth import authenticate, session_key_from
 from .connection import Connection
 from .dbthreads import handshake_reads
@@ -43,7 +43,9 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_FLOOD = 4429
 MAX_QUERY_TOPICS = 20
 CURSOR_RE = re.compile(r"[0-9]{1,19}\Z")
-HANDLED = frozenset({"ping", "resume", "subscribe", "unsubscribe", "read", "read_all"})
+HANDLED = frozenset(
+    {"ping", "resume", "subscribe", "unsubscribe", "read", "read_all", "watch_presence"}
+)
 
 
 class RateLimiter:
@@ -427,6 +429,14 @@ class NotificationConsumer:
             self.user, ids, origin=self.conn.id
         )
         await self.send_frame(frames.with_ref({"type": "unread", "count": count}, frame.ref))
+
+    async def on_watch_presence(self, frame: ClientFrame) -> None:
+        # Staff's live "Online now" page (realtime/presence_watch.py, docs/admin.md).
+        assert self.conn is not None
+        if not await database_sync_to_async(presence_watch.may_watch)(self.user):
+            raise FrameError("forbidden", "presence is for staff who may view it", frame.ref)
+        await self.send_frame(frames.with_ref(await presence_watch.current(), frame.ref))
+        presence_watch.watch(self.hub, self.conn)
 
     async def on_read_all(self, frame: ClientFrame) -> None:
         assert self.conn is not None

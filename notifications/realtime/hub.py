@@ -35,8 +35,8 @@ from .. import metrics, selectors
 from ..audiences import Membership, membership_of
 from ..compiled import CompiledQuery
 from ..conf import notifications_settings
-from ..models import Reach, Recipient
-from . import drain, frames, messages
+from ..models import Broadcast, Reach, Recipient
+from . import drain, frames, messages, scheduler
 from .connection import Connection
 from .gcpolicy import GcPolicy
 from .transport import Frame
@@ -62,10 +62,19 @@ def _load_event_messages(*, after: int, upto: int | None, limit: int = 500) -> l
         event_id__in=[event.id for event in events]
     ).values_list("event_id", "user_id"):
         recipients[event_id].append(user_id)
+    # Broadcasts' events count their live deliveries here too (no shared layer brought them).
+    tracked = set(
+        Broadcast.objects.filter(event_id__in=[event.id for event in events]).values_list(
+            "event_id", flat=True
+        )
+    )
     return [
         {
             **_message_of(
-                event, recipients.get(event.id, []), [group.pk for group in event.groups.all()]
+                event,
+                recipients.get(event.id, []),
+                [group.pk for group in event.groups.all()],
+                track=event.id in tracked,
             ),
             # No publish brought it: the row's creation stands in for its commit (metrics).
             "committed_at": event.created_at.timestamp(),
@@ -80,9 +89,9 @@ def _frame_for(by_language: dict[str, Frame], language: str | None, default: Fra
     return by_language.get(language) or by_language.get(language.split("-")[0]) or default
 
 
-def _message_of(event: Any, users: list[int], groups: list[int]) -> dict:
+def _message_of(event: Any, users: list[int], groups: list[int], *, track: bool = False) -> dict:
     try:
-        return messages.of_event(event, users=users, groups=groups)
+        return messages.of_event(event, users=users, groups=groups, track=track)
     except frames.Unencodable as exc:
         # A row stored before notify() checked its input, or written around it. It still
         # takes its place in the stream (the horizon passes it), but goes to nobody.
@@ -335,6 +344,7 @@ class Hub:
             self._tasks.append(asyncio.ensure_future(self._renew_group_forever()))
         self._tasks.append(asyncio.ensure_future(self._poll_forever()))
         self._tasks.append(asyncio.ensure_future(self._check_sessions_forever()))
+        self._tasks.extend(scheduler.start(self))  # broadcast sender, presence reports
         if notifications_settings.GC_FREEZE_INTERVAL is not None:
             self._gc = GcPolicy(
                 notifications_settings.GC_FREEZE_INTERVAL,
@@ -705,6 +715,8 @@ class Hub:
             except Exception:
                 logger.exception("delivery to %s failed", conn.id)
         metrics.fanned_out(len(targets), message.get("committed_at"))  # once per event
+        if message.get("track"):  # a broadcast: its follow-up counts live deliveries
+            scheduler.count_delivery(event_id, list(targets))
 
     async def _push(self, message: dict[str, Any]) -> None:
         """Fan out a transient frame at once: no buffer, no horizon (it has no id)."""

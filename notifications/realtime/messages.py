@@ -39,6 +39,7 @@ def event(
     channel: str | None = None,
     expires: float | None = None,
     max_inline: int | None = None,
+    track: bool = False,
 ) -> dict[str, Any]:
     from ..conf import notifications_settings
 
@@ -57,12 +58,17 @@ def event(
         "permission": permission_id,
         "channel": channel,
         "expires": expires,
+        # Each hub reports how many it delivered live (a broadcast's follow-up); optional.
+        "track": track,
     }
 
 
-def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dict[str, Any]:
+def of_event(
+    stored: Any, *, users: Sequence[int], groups: Sequence[int], track: bool = False
+) -> dict[str, Any]:
     """The :func:`event` message of a stored ``Event`` (one place, for ``notify()`` and for
-    the hub's database reads): its live frame encoded once, and its audience."""
+    the hub's database reads): its live frame encoded once, and its audience. ``track``: the
+    hubs count its live deliveries (a broadcast's follow-up)."""
     from . import frames
 
     message = event(
@@ -75,6 +81,7 @@ def of_event(stored: Any, *, users: Sequence[int], groups: Sequence[int]) -> dic
         permission_id=stored.permission_id,
         channel=stored.channel or None,
         expires=stored.expires_at.timestamp() if stored.expires_at is not None else None,
+        track=track,
     )
     if stored.translations:
         # One encode per language the text differs in (notifications/i18n.py).
