@@ -22,6 +22,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
+from django.forms import Script
 from django.http import (
     Http404,
     HttpRequest,
@@ -203,7 +204,8 @@ class BroadcastAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["notifications/notifications.css", "notifications/console.css"]}
-        js = ["notifications/console.js"]
+        # A module: it imports the client's own toast builder (notifications.js).
+        js = [Script("notifications/console.js", type="module")]
 
     def get_autocomplete_fields(self, request: HttpRequest) -> list[str]:
         fields = []

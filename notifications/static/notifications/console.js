@@ -1,12 +1,12 @@
 /**
- * The broadcast composer in the admin: a live preview drawn with the client's toast markup
- * (the DOM that notifications.js's showToast builds, styled by notifications.css), the dry-run
+ * The broadcast composer in the admin (an ES module): a live preview drawn by the client's own
+ * toastElement() (notifications.js), styled by notifications.css, the dry-run
  * recipient count with how many are online now, the "send a test to me" button, and the
  * audience fields shown only for the audience chosen. Nothing here saves the broadcast.
  */
-(function () {
-  "use strict";
-  const LEVELS = new Set(["info", "success", "warning", "error"]);
+import { toastElement } from "./notifications.js";
+
+{
 
   const h = (tag, attributes = {}, text = null) => {
     const element = document.createElement(tag);
@@ -17,39 +17,10 @@
     return element;
   };
 
-  // As notifications.js: http(s) links only, resolved against the page.
-  const safeHref = (url) => {
-    if (typeof url !== "string" || !url) return null;
-    try {
-      const resolved = new URL(url, location.href);
-      return resolved.protocol === "http:" || resolved.protocol === "https:" ? resolved.href : null;
-    } catch {
-      return null;
-    }
-  };
-
-  // The same structure as showToast() in notifications.js (tests compare the two).
-  const toast = ({ level = "info", title, body = "", url = "" }) => {
-    const kind = LEVELS.has(level) ? level : "info";
-    const element = h("div", {
-      class: `nt-toast nt-toast--${kind}`,
-      role: "status",
-      "aria-atomic": "true",
-      "data-level": kind,
-    });
-    const content = h("div", { class: "nt-toast__content" });
-    content.append(h("p", { class: "nt-toast__title" }, title));
-    if (body) content.append(h("p", { class: "nt-toast__body" }, body));
-    const href = safeHref(url);
-    if (href) content.append(h("a", { class: "nt-toast__link", href }, "Open"));
-    const close = h("button", {
-      class: "nt-toast__close",
-      type: "button",
-      "aria-label": "Dismiss notification",
-    }, "×");
-    element.append(content, close);
-    return element;
-  };
+  // The client's own toast (notifications.js), as a recipient's unread notification with an id
+  // shows it: the preview is the real markup, not a copy of it.
+  const toast = ({ level, title, body, url }) =>
+    toastElement({ id: 0, level, title, body, url, read: false, data: {} }).toast;
 
   const value = (form, name) => form.elements[name]?.value ?? "";
 
@@ -184,4 +155,4 @@
   } else {
     init();
   }
-})();
+}

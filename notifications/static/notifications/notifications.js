@@ -774,6 +774,58 @@ const MAX_ACTIONS = 3;
  * at most three, each with a non-empty label of at most 40 characters and an http(s) or
  * relative url. Anything else is left out.
  */
+/**
+ * The DOM of one toast, without behaviour: the element, the links or buttons that open the
+ * notification (each with its target, for the caller to wire), and the close button. bindUI's
+ * toasts and the admin composer's preview (console.js) both draw with it, so the preview is
+ * the real markup. Text goes in with textContent only.
+ */
+export function toastElement({ id = null, level = "info", title, body = "", url = "", linkText = "Open", data = null, read = true }) {
+  const kind = LEVELS.has(level) ? level : "info";
+  const toast = h("div", {
+    class: `nt-toast nt-toast--${kind}`,
+    role: "status",
+    "aria-atomic": "true",
+    "data-notification-id": id,
+    "data-level": kind,
+  });
+  const content = h("div", { class: "nt-toast__content" });
+  const href = safeHref(url);
+  const titleLine = h("p", { class: "nt-toast__title" });
+  const openers = [];
+  if (id !== null && (href || read === false)) {
+    // The title opens the notification and marks it read (a button when there is no link).
+    const opener = href
+      ? h("a", { class: "nt-toast__open", href }, title)
+      : h("button", { class: "nt-toast__open", type: "button" }, title);
+    openers.push([opener, href]);
+    titleLine.append(opener);
+  } else {
+    titleLine.textContent = title;
+  }
+  content.append(titleLine);
+  if (body) content.append(h("p", { class: "nt-toast__body" }, body));
+  const actions = id === null ? [] : toastActions(data);
+  if (actions.length) {
+    const row = h("div", { class: "nt-toast__actions" });
+    for (const action of actions) {
+      const link = h("a", { class: "nt-toast__action", href: action.href }, action.label);
+      openers.push([link, action.href]);
+      row.append(link);
+    }
+    content.append(row);
+  } else if (href && id === null) {
+    content.append(h("a", { class: "nt-toast__link", href }, linkText));
+  }
+  const close = h("button", {
+    class: "nt-toast__close",
+    type: "button",
+    "aria-label": "Dismiss notification",
+  }, "×");
+  toast.append(content, close);
+  return { toast, openers, close };
+}
+
 export function toastActions(data) {
   const actions = data && Array.isArray(data.actions) ? data.actions : [];
   const valid = [];
@@ -884,58 +936,17 @@ export function bindUI(client, { inboxUrl = null, toastTimeout = 6000, maxToasts
   on(window, "scroll", schedulePlace);
   on(window, "resize", schedulePlace);
 
-  const showToast = ({ id = null, level = "info", title, body = "", url = "", linkText = "Open", data = null, read = true }) => {
-    const kind = LEVELS.has(level) ? level : "info";
-    const toast = h("div", {
-      class: `nt-toast nt-toast--${kind}`,
-      role: "status",
-      "aria-atomic": "true",
-      "data-notification-id": id,
-      "data-level": kind,
-    });
-    const content = h("div", { class: "nt-toast__content" });
-    const href = safeHref(url);
-    const titleLine = h("p", { class: "nt-toast__title" });
-    if (id !== null && (href || read === false)) {
-      // The title opens the notification and marks it read (a button when there is no link).
-      const opener = href
-        ? h("a", { class: "nt-toast__open", href }, title)
-        : h("button", { class: "nt-toast__open", type: "button" }, title);
+  const showToast = (frame) => {
+    const { id = null } = frame;
+    const { toast, openers, close } = toastElement(frame);
+    for (const [opener, target] of openers) {
       opener.addEventListener("click", (event) => {
         if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
         event.preventDefault();
         dismiss();
-        openNotification(client, id, href);
+        openNotification(client, id, target);
       });
-      titleLine.append(opener);
-    } else {
-      titleLine.textContent = title;
     }
-    content.append(titleLine);
-    if (body) content.append(h("p", { class: "nt-toast__body" }, body));
-    const actions = id === null ? [] : toastActions(data);
-    if (actions.length) {
-      const row = h("div", { class: "nt-toast__actions" });
-      for (const action of actions) {
-        const link = h("a", { class: "nt-toast__action", href: action.href }, action.label);
-        link.addEventListener("click", (event) => {
-          if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
-          event.preventDefault();
-          dismiss();
-          openNotification(client, id, action.href);
-        });
-        row.append(link);
-      }
-      content.append(row);
-    } else if (href && id === null) {
-      content.append(h("a", { class: "nt-toast__link", href }, linkText));
-    }
-    const close = h("button", {
-      class: "nt-toast__close",
-      type: "button",
-      "aria-label": "Dismiss notification",
-    }, "×");
-    toast.append(content, close);
 
     // Auto-dismiss, but not while the pointer or focus is on the toast, nor while the tab is
     // hidden (the user would never see it).
