@@ -212,80 +212,28 @@ def notify(
     Raises ``ValueError`` for bad arguments; nothing is
     stored then.
     """
-    title, body, translations = i18n.render(title, body)
-    audience, label, data, url = _checked(
-        Notification(
-            recipients,
-            title,
-            body=body,
-            url=url,
-            level=level,
-            topic=topic,
-            data=data,
-            idempotency_key=idempotency_key,
-            expires_at=expires_at,
-            group_key=group_key,
-        )
+    item = Notification(
+        recipients,
+        title,
+        body=body,
+        url=url,
+        level=level,
+        topic=topic,
+        data=data,
+        actor=actor,
+        idempotency_key=idempotency_key,
+        expires_at=expires_at,
+        group_key=group_key,
+        target=target,
     )
-    target_type, target_id = target_reference(target) if target is not None else (None, "")
-    active_named = _check_users_exist(audience.users) if audience.users else 0
-    if audience.groups:
-        _check_groups_exist(audience.groups)
-
-    with transaction.atomic():
-        _lock_stream()
-        if idempotency_key is not None:
-            previous = Event.objects.filter(idempotency_key=idempotency_key).first()
-            window = timedelta(seconds=notifications_settings.IDEMPOTENCY_WINDOW)
-            if previous is not None and previous.created_at >= timezone.now() - window:
-                previous.repeated = True  # the HTTP API answers 200 instead of 201
-                return previous
-            if previous is not None:  # expired: the key may be used again
-                Event.objects.filter(pk=previous.pk).update(idempotency_key=None)
-        event = Event.objects.create(
-            title=title,
-            body=body,
-            url=url,
-            level=level,
-            topic=label,
-            data=data,
-            actor=actor,
-            reach=audience.reach,
-            to_topic=audience.topic is not None,
-            permission_id=audience.permission,
-            channel=audience.channel or "",
-            expires_at=expires_at,
-            recipient_count=_recipient_count(audience, active_named),
-            idempotency_key=idempotency_key,
-            group_key=group_key or "",
-            translations=translations,
-            target_content_type=target_type,
-            target_object_id=target_id,
-        )
-        event.repeated = False
-        if audience.groups:
-            event.groups.set(audience.groups)
-        if audience.users:
-            Recipient.objects.bulk_create(
-                [Recipient(event=event, user_id=user_id) for user_id in audience.users],
-                batch_size=1000,
-            )
-        _on_commit(
-            messages.of_event(
-                event, users=audience.users, groups=audience.groups, track=track_delivery
-            )
-        )
-        transaction.on_commit(
-            partial(signals.notification_sent.send, sender=Event, event=event), robust=True
-        )
-    return event
+    return _store([item], track_delivery=track_delivery, batch=False)[0]
 
 
 # Events per layer message of notify_many(): one group_send carries this many.
 BATCH_MESSAGE_EVENTS = 200
 
 
-def notify_many(items: Iterable[Notification]) -> list[Event]:
+def notify_many(items: Iterable[Notification], *, track_delivery: bool = False) -> list[Event]:
     """Store many notifications in one transaction and publish them when it commits: the
     batch form of :func:`notify`, for imports, digests and fan-in from other systems.
 
@@ -295,7 +243,12 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
     ``idempotency_key``, the first event, not sent again). ``ValueError`` for any bad item,
     its message prefixed with ``notifications[i]``; nothing is stored then.
     """
-    items = list(items)
+    return _store(list(items), track_delivery=track_delivery, batch=True)
+
+
+def _store(items: list[Notification], *, track_delivery: bool, batch: bool) -> list[Event]:
+    """Validate, store and publish on commit: :func:`notify` (one item, ``batch`` off: plain
+    error messages, one ``notifications.event`` message) and :func:`notify_many`."""
     checked = []
     translations: list[dict[str, dict[str, str]]] = []
     for index, item in enumerate(items):
@@ -307,6 +260,8 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
         try:
             checked.append(_checked(item))
         except ValueError as exc:
+            if not batch:
+                raise
             raise ValueError(f"notifications[{index}]: {exc}") from None
     keys = [item.idempotency_key for item in items if item.idempotency_key is not None]
     if len(keys) != len(set(keys)):
@@ -372,17 +327,17 @@ def notify_many(items: Iterable[Notification]) -> list[Event]:
             ],
             batch_size=1000,
         )
-        publish = sorted(new, key=lambda entry: entry[1].id)
-        for start in range(0, len(publish), BATCH_MESSAGE_EVENTS):
-            chunk = publish[start : start + BATCH_MESSAGE_EVENTS]
-            _on_commit(
-                messages.events(
-                    [
-                        messages.of_event(event, users=audience.users, groups=audience.groups)
-                        for _, event, audience in chunk
-                    ]
-                )
+        publish = [
+            messages.of_event(
+                event, users=audience.users, groups=audience.groups, track=track_delivery
             )
+            for _, event, audience in sorted(new, key=lambda entry: entry[1].id)
+        ]
+        if not batch:
+            for message in publish:
+                _on_commit(message)
+        for start in range(0, len(publish) if batch else 0, BATCH_MESSAGE_EVENTS):
+            _on_commit(messages.events(publish[start : start + BATCH_MESSAGE_EVENTS]))
         for index, event, _ in new:
             results[index] = event
             transaction.on_commit(
