@@ -16,6 +16,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import DatabaseError, connection
 
 from .conf import notifications_settings
+from .realtime.messages import PROCESS_CHANNEL_PREFIX
 
 PROBE = "notifications.health"
 
@@ -65,7 +66,10 @@ async def check_layer(timeout: float | None = None) -> str | None:
         try:
             async with asyncio.timeout(timeout):
                 if probe.channel is None:
-                    probe.channel = await layer.new_channel("notifications.health.")
+                    # The hub's prefix: with channels_redis's list-based layer a channel of
+                    # another prefix is not read while the hub's receive holds the layer's
+                    # receive loop (healthz timed out once the hub ran; REDIS_LAYER=core).
+                    probe.channel = await layer.new_channel(PROCESS_CHANNEL_PREFIX)
                 await layer.send(probe.channel, {"type": PROBE, "nonce": nonce})
                 while True:  # a late answer to an earlier check may come first
                     message = await layer.receive(probe.channel)

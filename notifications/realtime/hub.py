@@ -508,7 +508,7 @@ class Hub:
         while True:  # join first; the layer may be down at start (the poll covers meanwhile)
             try:
                 if self._channel is None:
-                    self._channel = await self._layer.new_channel("notifications.hub.")
+                    self._channel = await self._layer.new_channel(messages.PROCESS_CHANNEL_PREFIX)
                 await self._join_group()
                 break
             except asyncio.CancelledError:

@@ -15,6 +15,10 @@ from typing import Any
 
 # All hubs (one per server process) listen on this group.
 HUB_GROUP = "notifications.hubs"
+# The prefix of every channel a server process receives on (the hub's, the health probe's).
+# One prefix for all: channels_redis's list-based layer reads all of a process's channels with
+# one blocking pop per prefix, so a second prefix would wait behind the hub's pop for ever.
+PROCESS_CHANNEL_PREFIX = "notifications.hub."
 
 EVENT = "notifications.event"
 EVENTS = "notifications.events"
