@@ -135,7 +135,7 @@ def test_session_check_finds_exactly_the_pairs_that_no_longer_authenticate(make_
     inactive users, flags and the auth hash, and more pairs than one chunk."""
     from django.contrib.sessions.models import Session
 
-    from notifications.realtime.hub import UserState, _session_states
+    from notifications.realtime.loads import UserState, _session_states
 
     from .support import session_cookie
 
