@@ -113,3 +113,14 @@ class Socket:
 
 async def settle(delay: float = 0.05) -> None:
     await asyncio.sleep(delay)
+
+
+def away_from_a_minute_boundary(margin: float = 3.0) -> None:
+    """Sleep past the end of the current calendar minute when it ends within ``margin``
+    seconds: the HTTP API's rate windows are calendar minutes, and a test that expects its
+    requests to share one window would otherwise fail now and then."""
+    import time
+
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.05)

@@ -15,6 +15,8 @@ from notifications.api import tokens
 from notifications.api.send import MAX_BATCH
 from notifications.models import ApiRateWindow, ApiToken, Event, Reach, Recipient, Topic
 
+from .support import away_from_a_minute_boundary
+
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/notifications"
@@ -357,6 +359,7 @@ def test_scopes_limit_audience_keys_with_403():
 
 
 def test_rate_limit_counts_in_the_database_and_answers_429_with_retry_after(settings):
+    away_from_a_minute_boundary()
     raw = tokens.create_token("slow", rate=2)[1]
     assert [post(raw, VALID).status_code for _ in range(2)] == [201, 201]
     response = post(raw, VALID)
@@ -367,6 +370,7 @@ def test_rate_limit_counts_in_the_database_and_answers_429_with_retry_after(sett
     assert ApiRateWindow.objects.get().count == 3
     # The default rate comes from the settings.
     settings.NOTIFICATIONS = {"API_RATE": 1}
+    away_from_a_minute_boundary()
     other = tokens.create_token("default-rate")[1]
     assert [post(other, VALID).status_code for _ in range(2)] == [201, 429]
 
