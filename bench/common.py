@@ -302,6 +302,8 @@ def start_profiler(args: argparse.Namespace, kind: str, n: int, pid: int) -> Any
     cmd = [exe, "record", "-p", str(pid), "-r", "250", "-f", fmt, "-o", str(out), "-d", "600"]
     if args.py_spy_idle:
         cmd.append("--idle")
+    if getattr(args, "py_spy_gil", False):
+        cmd.append("--gil")  # only the thread holding the GIL: where the CPU goes
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
     )

@@ -1,11 +1,14 @@
 """Restart benchmark: N clients reconnect with resume cursors after a server restart.
 
     .venv/bin/python -m bench.restart [--clients 10000] [--server uvicorn-sansio|uvicorn|daphne]
-        [--missed 20] [--kill] [--out bench/results/restart-latest.json]
+        [--missed 20] [--kill] [--signed-in] [--database sqlite|postgres]
+        [--out bench/results/restart-latest.json]
 
 1. Start the server as ``bench.run`` does (production settings from the environment, a fresh
    migrated SQLite database, Redis; ``bench/servers``), connect N anonymous clients (client
-   processes of ``bench/clients.py`` in resume mode) and wait for every ``hello``.
+   processes of ``bench/clients.py`` in resume mode; ``--signed-in``: one user and database
+   session each, so that every reconnect is a signed-in handshake and a per-user replay) and
+   wait for every ``hello``.
 2. Emit ``--live`` notifications to everyone with ``anotify`` (each after every client got the
    previous one); each client keeps the highest id it received as its cursor.
 3. Stop the server (SIGTERM, or SIGKILL with ``--kill``). Each client sees its socket close and
@@ -212,11 +215,22 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
         await asyncio.to_thread(first.start)
         port = first.ports[0]
         out["first_pid"] = first.pids[0]
+        cookies = None
+        if args.signed_in:
+            # One user and one session per client, as bench.steady makes them; a client
+            # reconnects with its own cookie.
+            from .steady import make_users
+
+            cookies = ctx["tmp"] / "cookies"
+            probe = ClientPool(["ws://127.0.0.1:1/"], n, args.per_process, log_dir=ctx["tmp"])
+            await sync_to_async(make_users)(n, cookies, probe.sizes)
+            out["signed_in"] = True
         clients = ClientPool(
             first.urls,
             n,
             args.per_process,
             log_dir=ctx["tmp"],
+            cookies=cookies,
             spread_sources=n > args.spread_above,
             concurrency=args.concurrency,
             cwd=ctx["src"],
@@ -555,6 +569,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--live", type=int, default=5, help="live notifications before the restart")
     p.add_argument("--after", type=int, default=3, help="live notifications after it")
     p.add_argument("--kill", action="store_true", help="stop the server with SIGKILL")
+    p.add_argument(
+        "--signed-in",
+        action="store_true",
+        help="one signed-in user (a database session) per client instead of anonymous clients",
+    )
     p.add_argument(
         "--down-extra", type=float, default=0.0, help="s to keep the server down after --missed"
     )

@@ -40,10 +40,15 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Seconds the hub waits for a missing lower id to arrive before asking the database.
     "GAP_WAIT": 0.05,
-    # Threads (each with its own database connection) for the reads of WebSocket handshakes,
-    # so that a burst of signed-in handshakes waits for the database in parallel
-    # (realtime/dbthreads.py).
-    "HANDSHAKE_THREADS": 4,
+    # Threads (each with its own database connection) for the database work of WebSocket
+    # handshakes, which runs in batches (realtime/batching.py). One is fastest on a nearby
+    # database (the threads fight the event loop for the GIL); 2 lets a batch of sessions and
+    # a batch of hello counts wait for a distant database at the same time.
+    "HANDSHAKE_THREADS": 1,
+    # Run the handshake's compiled queries (membership, hello) as PostgreSQL prepared
+    # statements: planning them cost 5x their execution. None: on, unless the database sets
+    # DISABLE_SERVER_SIDE_CURSORS (the Django setting for transaction-pooling proxies).
+    "PREPARED_QUERIES": None,
     # Seconds between checks that connected users' sessions still exist and users are active.
     "SESSION_CHECK_INTERVAL": 2.0,
     # Seconds during which a repeated idempotency key returns the first event.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -113,17 +114,49 @@ def greeting(
     this. :func:`greeting_orm` is the same query through the ORM, kept as its definition."""
     if not user.is_authenticated:
         return greeting_orm(user, upto=upto, counted_to=counted_to, extra_topic_ids=extra_topic_ids)
+    shape, values = _greeting_values(user, upto, counted_to, extra_topic_ids)
+    return _greeting_of(_GREETING.row(shape, **values))
+
+
+def greetings(requests: Sequence[GreetingRequest]) -> list[Greeting]:
+    """:func:`greeting` for each ``(user, upto, counted_to, extra_topic_ids)``: the
+    handshakes that arrive together (``realtime/batching.py``). On PostgreSQL the signed-in
+    ones of one shape share one statement (``CompiledQuery.rows_each``)."""
+    answers: list[Greeting | None] = [None] * len(requests)
+    by_shape: dict[tuple, list[tuple[int, dict]]] = {}
+    for i, (user, upto, counted_to, extra) in enumerate(requests):
+        if user.is_authenticated:
+            shape, values = _greeting_values(user, upto, counted_to, extra)
+            by_shape.setdefault(shape, []).append((i, values))
+        else:
+            answers[i] = greeting(user, upto=upto, counted_to=counted_to, extra_topic_ids=extra)
+    for shape, items in by_shape.items():
+        rows = _GREETING.rows_each(shape, [values for _, values in items])
+        for (i, _), found in zip(items, rows, strict=True):
+            answers[i] = _greeting_of(found[0] if found else None)
+    return [answer for answer in answers if answer is not None]
+
+
+GreetingRequest = tuple[AnyUser, int, int, Iterable[int]]
+
+
+def _greeting_values(
+    user: Any, upto: int, counted_to: int, extra_topic_ids: Iterable[int]
+) -> tuple[tuple, dict[str, Any]]:
     extra = sorted(set(extra_topic_ids))
-    row = _GREETING.row(
-        (bool(user.is_staff), len(extra)),
-        user_id=user.pk,
-        joined=user.date_joined,
-        now=timezone.now(),
-        upto=upto,
-        counted_to=counted_to,
-        ceiling=max(upto, counted_to),
+    values = {
+        "user_id": user.pk,
+        "joined": user.date_joined,
+        "now": timezone.now(),
+        "upto": upto,
+        "counted_to": counted_to,
+        "ceiling": max(upto, counted_to),
         **{f"topic{i}": topic_id for i, topic_id in enumerate(extra)},
-    )
+    }
+    return (bool(user.is_staff), len(extra)), values
+
+
+def _greeting_of(row: tuple | None) -> Greeting:
     top, unread = row if row is not None else (None, 0)
     return Greeting(cursor=top or 0, unread=unread or 0)
 

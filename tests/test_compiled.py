@@ -184,3 +184,89 @@ def test_compiled_membership_of_a_superuser_equals_the_orm(make_user):
     assert follows(root, secret)
     assert sorted(_membership_query((), user_id=root.pk)) == [("t", secret.pk)]
     assert membership_of(root).topic_ids == {secret.pk}
+
+
+def _prepared_statements() -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _labelled_query(label: str) -> CompiledQuery:
+    """A compiled query whose SQL no other test runs (its label is a constant in it)."""
+
+    def build(shape, *, user_id):
+        return list(
+            Event.objects.filter(recipients__user_id=user_id, title=label).values_list("id")
+        )
+
+    return CompiledQuery(build)
+
+
+def _needs_postgresql() -> None:
+    from django.db import connection
+
+    from .support import require_service
+
+    require_service(
+        "postgres",
+        connection.vendor == "postgresql",
+        "prepared statements are PostgreSQL's: set "
+        "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test",
+    )
+
+
+@pytest.mark.postgres
+def test_compiled_queries_run_prepared_on_postgresql_and_nothing_else_does(make_user):
+    """Planning the membership query cost PostgreSQL ~1 ms a handshake; prepared, it is
+    planned once per connection. Django's own statements stay unprepared (its default,
+    which keeps transaction-pooling proxies working). While Django logs queries they run
+    unprepared, so that the log shows their SQL."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _needs_postgresql()
+    alice, bob = make_user("alice"), make_user("bob")
+    event = notify(alice, "prepared-a")
+    query = _labelled_query("prepared-a")
+    connection.ensure_connection()
+    raw = connection.connection
+    before = (raw.cursor_factory, raw.prepare_threshold)
+    assert query.rows((), user_id=alice.pk) == [(event.id,)]
+    assert query.rows((), user_id=bob.pk) == []
+    assert (raw.cursor_factory, raw.prepare_threshold) == before  # put back
+    prepared = [sql for sql in _prepared_statements() if "notifications_recipient" in sql]
+    assert len(prepared) == 1, prepared  # prepared once, run twice
+    # Django's own statements are not prepared (it binds them on the client).
+    list(type(alice).objects.filter(username="alice-unprepared"))
+    assert not [sql for sql in _prepared_statements() if "alice-unprepared" in sql]
+    assert not [sql for sql in _prepared_statements() if '"username" = $' in sql]
+    with CaptureQueriesContext(connection) as queries:
+        assert query.rows((), user_id=alice.pk) == [(event.id,)]
+    assert "prepared-a" in queries[0]["sql"] and f"= {alice.pk}" in queries[0]["sql"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", ["setting", "pooler"])
+def test_prepared_queries_can_be_turned_off(make_user, settings, how):
+    from django.db import connection
+
+    _needs_postgresql()
+    alice = make_user("alice")
+    event = notify(alice, f"unprepared-{how}")
+    if how == "setting":
+        settings.NOTIFICATIONS = {
+            **getattr(settings, "NOTIFICATIONS", {}),
+            "PREPARED_QUERIES": False,
+        }
+    else:  # Django's flag for transaction-pooling proxies such as PgBouncer
+        connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
+    try:
+        query = _labelled_query(f"unprepared-{how}")
+        assert query.rows((), user_id=alice.pk) == [(event.id,)]
+        assert query.rows((), user_id=alice.pk) == [(event.id,)]
+        assert not [sql for sql in _prepared_statements() if "notifications_recipient" in sql]
+    finally:
+        connection.settings_dict.pop("DISABLE_SERVER_SIDE_CURSORS", None)

@@ -26,12 +26,12 @@ from django.contrib.auth.models import AnonymousUser
 
 from .. import audiences, eventlog, i18n, metrics, retention, selectors, services
 from .. import channels as object_channels
-from ..audiences import Membership, membership_of
+from ..audiences import Membership
 from ..conf import notifications_settings
 from . import drain, frames, presence_watch
-from .auth import authenticate, session_key_from
+from .auth import authenticate_many, session_key_from
+from .batching import Batcher
 from .connection import Connection
-from .dbthreads import handshake_reads
 from .frames import ClientFrame, FrameError
 from .hub import get_hub, load_replay
 from .origin import header
@@ -80,15 +80,32 @@ class RateLimiter:
 _limiter = RateLimiter()
 
 
-def _handshake(
-    session_key: str | None, slugs: list[str]
-) -> tuple[Any, Membership, list[int], list[tuple[str, str]]]:
-    """Everything a handshake needs from the database, in one thread hop."""
-    user, _ = authenticate(session_key)
-    if user.is_authenticated:
-        # Remembered for the session check: a password change ends the socket.
-        user.notifications_auth_hash = user.get_session_auth_hash()
-    membership = membership_of(user)
+Handshake = tuple[Any, Membership, list[int], list[tuple[str, str]]]
+
+
+def _handshakes(requests: list[tuple[str | None, list[str]]]) -> list[Handshake | Exception]:
+    """What handshakes need from the database, for all that arrived together
+    (``batching.py``): their users (one query for all the sessions, one for all the users),
+    their memberships (one statement on PostgreSQL) and ``?topic=`` subscriptions (a
+    handshake's topic error is its own)."""
+    users = [user for user, _ in authenticate_many([key for key, _ in requests])]
+    for user in users:
+        if user.is_authenticated:
+            # Remembered for the session check: a password change ends the socket.
+            user.notifications_auth_hash = user.get_session_auth_hash()
+    answers: list[Handshake | Exception] = []
+    for (_, slugs), user, membership in zip(
+        requests, users, audiences.memberships_of(users), strict=True
+    ):
+        try:
+            answers.append((user, membership, *_subscribe(user, slugs)))
+        except Exception as exc:
+            answers.append(exc)
+    return answers
+
+
+def _subscribe(user: Any, slugs: list[str]) -> tuple[list[int], list[tuple[str, str]]]:
+    """``?topic=`` subscriptions: the topics' ids, and an error per refused slug."""
     topics, errors = [], []
     for slug in slugs:
         if not frames.SLUG_RE.match(slug):
@@ -98,7 +115,11 @@ def _handshake(
             topics.append(services.subscribe(user, slug).pk)
         except services.TopicError as exc:
             errors.append((exc.code, str(exc)))
-    return user, membership, topics, errors
+    return topics, errors
+
+
+_handshake_batches = Batcher(_handshakes)
+_greeting_batches = Batcher(selectors.greetings)
 
 
 def _unsubscribe(user: Any, slug: str) -> tuple[Any, bool]:
@@ -192,8 +213,8 @@ class NotificationConsumer:
         try:
             await hub.ready()
             if session_key or slugs:
-                user, membership, topics, topic_errors = await handshake_reads(_handshake)(
-                    session_key, slugs
+                user, membership, topics, topic_errors = await _handshake_batches(
+                    (session_key, slugs)
                 )
             else:  # an anonymous visitor without cookies: nothing to look up
                 user, membership, topics, topic_errors = AnonymousUser(), Membership(None), [], []
@@ -267,11 +288,8 @@ class NotificationConsumer:
         try:
             # Count what this socket will not bring live: up to its start, or up to the
             # client's cursor when that is ahead (events the page already rendered).
-            return await handshake_reads(selectors.greeting)(
-                self.user,
-                upto=start,
-                counted_to=max(start, cursor or 0),
-                extra_topic_ids=self.conn.anon_topics,
+            return await _greeting_batches(
+                (self.user, start, max(start, cursor or 0), self.conn.anon_topics)
             )
         except Exception:
             logger.exception("hello queries failed for %s", self.conn.id)

@@ -1,22 +1,29 @@
-"""A few threads of their own for the database work of handshakes.
+"""Threads of their own for the database work of handshakes.
 
-``database_sync_to_async`` runs every call on one shared thread (``thread_sensitive``), so a
-burst of signed-in handshakes (every client reconnecting after a deploy) waits for the
-session, user, membership and ``hello`` queries of each socket in turn, and the process
-mostly waits for the database's answers (py-spy: psycopg's ``wait`` and ``send`` were the top
-of a signed-in ramp). Handshakes mostly read (a ``?topic=`` subscription writes one row), each
-in its own thread's connection, so several can wait for the database at once.
-``HANDSHAKE_THREADS`` sets how many (1: the shared thread's behaviour, on a thread of its own).
+``database_sync_to_async`` runs every call on one shared thread (``thread_sensitive``), where
+the hub's own reads (polls, replays, session checks) also queue. Handshakes run their
+database work in batches (``batching.py``) on this pool instead, each thread with its own
+connection. ``HANDSHAKE_THREADS`` sets how many; one is the default and was the fastest on a
+nearby database (more threads fight the event loop for the GIL).
+
+On PostgreSQL these connections run with ``jit = off``: a batch of handshakes
+(``batching.py``) runs the membership and ``hello`` statements once per user through
+``CROSS JOIN LATERAL unnest(...)``, whose estimated cost grows with the batch, and above
+``jit_above_cost`` PostgreSQL spent 70-450 ms compiling a statement that runs in 2-4 ms
+(``EXPLAIN ANALYZE`` of a batch of 100-200 users). Only these threads' connections are
+changed.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import DatabaseSyncToAsync
+from django.db import connection
 
 from ..conf import notifications_settings
 
@@ -41,5 +48,25 @@ def _pool() -> ThreadPoolExecutor:
 def handshake_reads(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """``func`` (a handshake's database work) as a coroutine on the handshake threads; old
     connections are closed around it as ``database_sync_to_async`` does."""
-    runner: Any = DatabaseSyncToAsync(func, thread_sensitive=False, executor=_pool())
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        _configure(connection)
+        return func(*args, **kwargs)
+
+    runner: Any = DatabaseSyncToAsync(run, thread_sensitive=False, executor=_pool())
     return runner
+
+
+_configured: weakref.WeakSet[Any] = weakref.WeakSet()  # psycopg connections with jit off
+
+
+def _configure(db: Any) -> None:
+    if db.vendor != "postgresql":
+        return
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    if db.connection in _configured:
+        return
+    with db.cursor() as cursor:
+        cursor.execute("SET jit = off")
+    _configured.add(db.connection)
