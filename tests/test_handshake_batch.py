@@ -299,3 +299,97 @@ def test_handshake_connections_run_without_jit_on_postgresql():
     before = show_jit()
     assert asyncio.run(handshake_reads(show_jit)()) == "off"
     assert show_jit() == before  # other connections keep the server's setting
+
+
+# replays -------------------------------------------------------------------------------------
+
+
+def test_replays_equal_replay_of_each(make_user):
+    from notifications.selectors import replay, replays
+
+    users, events, (news, ops) = _scenario(make_user)
+    top = events[-1].id
+    cuts = [0, events[3].id, events[15].id, top]
+    requests = []
+    for user, (after, upto), limit, extra in itertools.product(
+        users,
+        [(0, top), (cuts[1], cuts[2]), (cuts[2], top + 5), (top, top)],
+        [201, 4],
+        [(), (news.pk,), (news.pk, ops.pk)],
+    ):
+        requests.append((user, after, upto, limit, extra))
+    expected = [
+        [
+            (event.id, event.is_read)
+            for event in replay(user, after=after, upto=upto, limit=limit, extra_topic_ids=extra)
+        ]
+        for user, after, upto, limit, extra in requests
+    ]
+    got = [[(event.id, is_read) for event, is_read in rows] for rows in replays(requests)]
+    assert got == expected
+    assert any(len(rows) == 4 for rows in got) and any(r for rows in got for _, r in rows)
+
+
+def test_load_replays_equal_load_replay_of_each_also_for_topics_and_channels(make_user):
+    from django.contrib.auth.models import AnonymousUser
+
+    from notifications.realtime.loads import ReplayRequest, load_replay, load_replays
+
+    users, events, (news, _) = _scenario(make_user)
+    top = events[-1].id
+    requests = [
+        ReplayRequest(users[0], after=0, upto=top, limit=201),
+        ReplayRequest(users[1], after=events[5].id, upto=top, limit=201, language="fr"),
+        ReplayRequest(users[0], after=0, upto=top, limit=201),  # the same replay twice
+        ReplayRequest(users[3], after=0, upto=top, limit=201, topic_id=news.pk),
+        ReplayRequest(AnonymousUser(), after=0, upto=top, limit=201, extra_topic_ids=(news.pk,)),
+        ReplayRequest(users[2], after=0, upto=top, limit=3),
+    ]
+    expected = [
+        load_replay(
+            r.user,
+            after=r.after,
+            upto=r.upto,
+            limit=r.limit,
+            extra_topic_ids=r.extra_topic_ids,
+            topic_id=r.topic_id,
+            channels=r.channels,
+            channel=r.channel,
+            language=r.language,
+        )
+        for r in requests
+    ]
+    assert load_replays(requests) == expected
+    assert all(expected[:2]) and len(expected[5]) == 3
+
+
+async def test_signed_in_sockets_resuming_at_once_each_get_their_own_replay(amake_user):
+    """Twenty signed-in clients resuming together (one batched replay): each gets exactly the
+    events it missed, with its own read flags, then ``replayed``."""
+    from notifications.services import mark_read
+
+    from .support import Socket
+
+    users = [await amake_user(f"resume{i}") for i in range(20)]
+    first = await db(notify)("everyone", "before")
+    mine = {}
+    for i, user in enumerate(users):
+        mine[user.pk] = [
+            (await db(notify)(user, f"for {user.username} #{n}")).id for n in range(i % 3)
+        ]
+    everyone = await db(notify)("everyone", "after")
+    await db(mark_read)(users[1], [everyone.id])
+    sockets = [Socket(cookie=await db(session_cookie)(user), cursor=first.id) for user in users]
+    try:
+        await asyncio.gather(*(s.communicator.connect(timeout=10) for s in sockets))
+        for i, (user, sock) in enumerate(zip(users, sockets, strict=True)):
+            await sock.expect("hello", timeout=10)
+            wanted = sorted([*mine[user.pk], everyone.id])
+            frames = await sock.notifications(len(wanted), timeout=10)
+            assert [f["id"] for f in frames] == wanted
+            assert all(f["replay"] for f in frames)
+            assert frames[-1]["read"] is (i == 1)
+            assert (await sock.expect("replayed", timeout=10))["count"] == len(wanted)
+    finally:
+        for socket in sockets:
+            await socket.close()

@@ -33,7 +33,8 @@ from .auth import authenticate_many, session_key_from
 from .batching import Batcher
 from .connection import Connection
 from .frames import ClientFrame, FrameError
-from .hub import get_hub, load_replay
+from .hub import get_hub
+from .loads import ReplayRequest, load_replays
 from .origin import header
 from .transport import writer_for
 
@@ -120,6 +121,7 @@ def _subscribe(user: Any, slugs: list[str]) -> tuple[list[int], list[tuple[str, 
 
 _handshake_batches = Batcher(_handshakes)
 _greeting_batches = Batcher(selectors.greetings)
+_replay_batches = Batcher(load_replays)
 
 
 def _unsubscribe(user: Any, slug: str) -> tuple[Any, bool]:
@@ -481,16 +483,20 @@ class NotificationConsumer:
         after = max(after, self.conn.last_sent)
         conn = self.conn
         if self.user.is_authenticated or conn.anon_topics or conn.channels or topic_id is not None:
-            texts = await database_sync_to_async(load_replay)(
-                self.user,
-                after=after,
-                upto=upto,
-                limit=limit + 1,
-                extra_topic_ids=conn.anon_topics,
-                topic_id=topic_id,
-                channels=sorted(conn.channels | ({channel} if channel else set())),
-                channel=channel,
-                language=conn.language,
+            # Batched with the replays that arrive together (a restart brings every client
+            # back at once): one statement for all the signed-in ones (loads.load_replays).
+            texts = await _replay_batches(
+                ReplayRequest(
+                    self.user,
+                    after=after,
+                    upto=upto,
+                    limit=limit + 1,
+                    extra_topic_ids=tuple(conn.anon_topics),
+                    topic_id=topic_id,
+                    channels=tuple(sorted(conn.channels | ({channel} if channel else set()))),
+                    channel=channel,
+                    language=conn.language,
+                )
             )
         else:
             # Announcements to everyone only: the same for every such socket, so sockets

@@ -114,15 +114,93 @@ def load_replay(
     return [_replay_frame(event, language) for event in events]
 
 
-def _replay_frame(event: Any, language: str | None = None) -> tuple[int, str, bool]:
+@dataclass(frozen=True)
+class ReplayRequest:
+    """One socket's replay: :func:`load_replay`'s arguments."""
+
+    user: Any
+    after: int
+    upto: int
+    limit: int
+    extra_topic_ids: tuple[int, ...] = ()
+    topic_id: int | None = None
+    channels: tuple[str, ...] = ()
+    channel: str | None = None
+    language: str | None = None
+
+
+def load_replays(requests: list[ReplayRequest]) -> list[list[tuple[int, str, bool]] | Exception]:
+    """:func:`load_replay` for each request: the replays that arrive together (every
+    signed-in client resuming after a restart; ``realtime/batching.py``). The common case (a
+    signed-in user resuming the whole stream) runs as one statement and one event query for
+    all (``selectors.replays``), and each frame is encoded once per batch; topic and channel
+    replays run one by one. A request's error is its own."""
+    answers: list[list[tuple[int, str, bool]] | Exception | None] = [None] * len(requests)
+    common = [
+        i
+        for i, r in enumerate(requests)
+        if r.user.is_authenticated and r.topic_id is None and r.channel is None and not r.channels
+    ]
+    encoded: dict[tuple[int, bool, str | None], tuple[int, str, bool]] = {}
+    if common:
+        found = selectors.replays(
+            [
+                (
+                    requests[i].user,
+                    requests[i].after,
+                    requests[i].upto,
+                    requests[i].limit,
+                    requests[i].extra_topic_ids,
+                )
+                for i in common
+            ]
+        )
+        for i, events in zip(common, found, strict=True):
+            language = requests[i].language
+            frames_of_item = []
+            for event, is_read in events:
+                key = (event.id, is_read, language)
+                if key not in encoded:
+                    encoded[key] = _replay_frame(event, language, read=is_read)
+                frames_of_item.append(encoded[key])
+            answers[i] = frames_of_item
+    for i, r in enumerate(requests):
+        if answers[i] is not None:
+            continue
+        try:
+            answers[i] = load_replay(
+                r.user,
+                after=r.after,
+                upto=r.upto,
+                limit=r.limit,
+                extra_topic_ids=r.extra_topic_ids,
+                topic_id=r.topic_id,
+                channels=r.channels,
+                channel=r.channel,
+                language=r.language,
+            )
+        except Exception as exc:
+            answers[i] = exc
+    return [answer if answer is not None else [] for answer in answers]
+
+
+def _replay_frame(
+    event: Any, language: str | None = None, *, read: bool | None = None
+) -> tuple[int, str, bool]:
     """(id, text, True) for a replayed ``notification``; (id, text of an ``error`` frame
     with the code ``unencodable``, False) for a stored row that cannot be encoded, which is
-    skipped (logged) so that it never blocks anyone's resume."""
+    skipped (logged) so that it never blocks anyone's resume. ``read``: the read flag, when
+    the event does not carry it (``is_read``)."""
     try:
         return (
             event.id,
             frames.encode(
-                frames.notification(event, read=event.is_read, replay=True, language=language)
+                frames.notification(
+                    event,
+                    read=event.is_read if read is None else read,
+                    replay=True,
+                    language=language,
+                )
             ),
             True,
         )
