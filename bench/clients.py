@@ -28,6 +28,8 @@ Resume mode (``bench.restart``), off unless the parent asks for it before ``conn
   attempt count reset once a connection has stayed up ``stable`` s; ``timeout`` s from dial to
   ``hello``), with ``?cursor=`` the highest id it received (``hello.cursor`` when it sent none),
   and it records every notification id it receives, in order, over all its connections.
+  With ``"failover": true`` (``bench.failover``) each reconnect attempt dials the next of the
+  ``--url`` servers instead of the socket's own.
 - stdin ``progress``: stdout ``{"ev": "stats", "kind": "progress", ...}``: peers, open sockets,
   peers whose current socket got ``replayed``, dial attempts and failures so far.
 - stdin ``peers``: stdout ``{"ev": "stats", "kind": "peers", "peers": [...]}``, per peer its ids
@@ -355,13 +357,14 @@ class Worker:
         cursor: int | None = None,
         peer: Peer | None = None,
         overall: bool = False,
+        url_index: int | None = None,
     ) -> WSClient:
         """One attempt: TCP connect (10 s), upgrade, first frame (``hello``) within ``timeout`` s
         of the connect; with ``overall``, all of it within ``timeout`` s of the dial, as
         ``notifications.js`` counts its ``connectTimeout``. Raises on failure."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        url = urlsplit(self.urls[index % len(self.urls)])
+        url = urlsplit(self.urls[(index if url_index is None else url_index) % len(self.urls)])
         host, port = url.hostname or "127.0.0.1", url.port or 80
         query = [url.query] if url.query else []
         if cursor is not None:
@@ -462,7 +465,14 @@ class Worker:
             peer.dial_t = time.time()
             try:
                 await self._dial(
-                    peer.index, opts["timeout"], cursor=peer.cursor, peer=peer, overall=True
+                    peer.index,
+                    opts["timeout"],
+                    cursor=peer.cursor,
+                    peer=peer,
+                    overall=True,
+                    # failover: each attempt dials the next server (bench.failover), as a
+                    # load balancer would send a reconnect to a process that is up.
+                    url_index=peer.index + peer.dials if opts.get("failover") else None,
                 )
             except (TimeoutError, OSError, ConnectionError) as exc:
                 self.dial_failures.append((peer.dial_t, _error_name(exc)))
@@ -497,6 +507,9 @@ class Worker:
                 "peers": len(self.peers),
                 "open": self.stats.open,
                 "resumed": self.resumed,
+                # Peers that lost a socket, and those of them whose current one replayed.
+                "lost": sum(1 for p in self.peers if p.lost),
+                "lost_resumed": sum(1 for p in self.peers if p.lost and p.resumed),
                 "dials": self.dials,
                 "dial_failures": failed,
             }

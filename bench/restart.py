@@ -64,7 +64,7 @@ from .common import (
     start_profiler,
     stop_profiler,
 )
-from .servers import ServerGroup, project_env
+from .servers import ServerGroup, process_cpu, project_env
 
 SERVERS = {
     "uvicorn-sansio": "ours-uvicorn-sansio",
@@ -97,6 +97,8 @@ async def progress(clients: ClientPool) -> dict:
     return {
         "open": sum(a["open"] for a in answers),
         "resumed": sum(a["resumed"] for a in answers),
+        "lost": sum(a["lost"] for a in answers),
+        "lost_resumed": sum(a["lost_resumed"] for a in answers),
         "dials": sum(a["dials"] for a in answers),
         "failed": dict(failed),
     }
@@ -121,6 +123,18 @@ def stop_server(server: ServerGroup, kill: bool) -> bool:
     if server in _children:
         _children.remove(server)
     return forced
+
+
+def stop_one(proc: subprocess.Popen, kill: bool) -> bool:
+    """Stop one process of a group (``--failover``); True if it had to be killed."""
+    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        proc.wait(60)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return True
 
 
 def log_problems(server: ServerGroup) -> dict[str, int]:
@@ -185,6 +199,8 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
     from .emitters import OursEmitter
 
     kind, n = SERVERS[args.server], args.clients
+    if args.failover:
+        kind += "-3p"  # three processes sharing Redis and the database
     out: dict[str, Any] = {"server": kind, "n": n, "status": "ok"}
     flush_redis(args.redis_url)
     base_id = await sync_to_async(newest_id)()
@@ -241,6 +257,7 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
             "cap": args.backoff_cap,
             "stable": args.stable_after,
             "timeout": args.connect_timeout,
+            "failover": args.failover,
         }
         await clients._send("resume " + json.dumps(resume))
         log(
@@ -272,7 +289,14 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
         # 3. Stop the server --------------------------------------------------------------
         how = "SIGKILL" if args.kill else "SIGTERM"
         t_signal = time.time()
-        forced = await asyncio.to_thread(stop_server, first, args.kill)
+        if args.failover:
+            # One of the three stops; the others keep serving and take its clients.
+            stopped = first.processes[0]
+            survivors = first._ps[1:]
+            out["stopped_pid"] = stopped.pid
+            forced = await asyncio.to_thread(stop_one, stopped, args.kill)
+        else:
+            forced = await asyncio.to_thread(stop_server, first, args.kill)
         t_exit = time.time()
         log(
             f"server stopped with {how} in {t_exit - t_signal:.2f}s"
@@ -280,6 +304,8 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
         )
         deadline = time.monotonic() + 30
         while (p := await progress(clients))["open"] > 0 and time.monotonic() < deadline:
+            if args.failover:
+                break  # its clients are already dialling the others
             await asyncio.sleep(0.2)
         log(
             f"{connected - p['open']}/{connected} clients saw the close; "
@@ -302,15 +328,32 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
         if args.down_extra > 0:
             await asyncio.sleep(args.down_extra)
 
-        # 5. Restart on the same port; the reconnect storm --------------------------------------
-        second = server_group("second")
+        # 5. Restart on the same port (or, --failover, none: its clients resume on the other
+        # processes); the reconnect storm ------------------------------------------------------
         tcp0 = tcp_counters()
-        t_spawn = time.time()
-        await asyncio.to_thread(second.start, 60, [port])
-        t_probe = time.time()
-        cpu0 = second.cpu()
-        meter = LoadMeter([second], [clients])
-        if args.py_spy:
+        if args.failover:
+            second = first
+            # The others listened all along, and its clients reconnect to them as soon as the
+            # drain closes their sockets, before the process has exited.
+            t_spawn = t_probe = t_signal
+
+            def storm_cpu() -> float:
+                return sum(process_cpu(p) for p in survivors)
+
+            def survivors_alive() -> bool:
+                return all(p.is_running() for p in survivors)
+
+            cpu0 = storm_cpu()
+            meter = LoadMeter([], [clients])
+        else:
+            second = server_group("second")
+            t_spawn = time.time()
+            await asyncio.to_thread(second.start, 60, [port])
+            t_probe = time.time()
+            storm_cpu = second.cpu
+            cpu0 = storm_cpu()
+            meter = LoadMeter([second], [clients])
+        if args.py_spy and not args.failover:
             where = argparse.Namespace(
                 py_spy=args.py_spy, py_spy_idle=False, out=str(Path(args.out).parent)
             )
@@ -329,12 +372,17 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
             )
             if p["resumed"] >= connected:
                 break
-            if time.monotonic() > deadline or not second.alive():
+            if args.failover and p["open"] >= connected and p["lost_resumed"] >= p["lost"] > 0:
+                out["moved"] = p["lost"]
+                break
+            if time.monotonic() > deadline or not (
+                survivors_alive() if args.failover else second.alive()
+            ):
                 out["status"] = "storm-timeout" if second.alive() else "server-died"
                 break
             await asyncio.sleep(1.0)
         t_back = time.time()
-        cpu1 = second.cpu()
+        cpu1 = storm_cpu()
         out["storm_load"] = meter.result()
         tcp1 = tcp_counters()
         out["storm_tcp_counters"] = {k: tcp1[k] - tcp0[k] for k in tcp1 if k in tcp0}
@@ -342,7 +390,11 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
             out["profile"] = stop_profiler(profiler)
             profiler = None
         out["storm_server_cpu_s"] = _r(cpu1 - cpu0, 3)
-        out["server_rss_after_mib"] = _r(second.rss() / 2**20)
+        out["server_rss_after_mib"] = _r(
+            sum(p.memory_info().rss for p in survivors) / 2**20
+            if args.failover
+            else second.rss() / 2**20
+        )
 
         # 6. Live notifications after the restart -------------------------------------------
         if out["status"] == "ok":
@@ -363,9 +415,16 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
         peers = [p for a in await query(clients, "peers", 120) for p in a["peers"]]
         expected = await sync_to_async(committed_ids)(base_id)
         times = dict(
-            t_signal=t_signal, t_exit=t_exit, t_spawn=t_spawn, t_probe=t_probe, t_back=t_back
+            t_signal=t_signal,
+            t_exit=t_signal if args.failover else t_exit,
+            t_spawn=t_spawn,
+            t_probe=t_probe,
+            t_back=t_back,
         )
-        storm = analyse_storm(peers, times)
+        # --failover: the storm is that of the stopped process's clients (they lost a socket).
+        moved = [p for p in peers if any(x >= t_signal for x in p[5])]
+        storm = analyse_storm(moved if args.failover else peers, times)
+        storm["peers_that_lost_a_socket"] = len(moved)
         failures = await query(clients, f"failures {storm['t_listen']}")
         storm.update(failed_attempts(failures))
         out["storm"] = storm
@@ -575,6 +634,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="one signed-in user (a database session) per client instead of anonymous clients",
     )
     p.add_argument(
+        "--failover",
+        action="store_true",
+        help="three server processes; stop one and do not restart it: its clients resume on "
+        "the other two (each reconnect attempt dials the next server)",
+    )
+    p.add_argument(
         "--down-extra", type=float, default=0.0, help="s to keep the server down after --missed"
     )
     p.add_argument("--out", default="bench/results/restart-latest.json")
@@ -656,7 +721,8 @@ def main(argv: list[str] | None = None) -> None:
     checks = {
         "all_connected": conn.get("connected") == args.clients,
         "all_reconnected": result["status"] == "ok"
-        and storm.get("peers_back") == args.clients
+        and storm.get("peers_back")
+        == (storm.get("peers_that_lost_a_socket") if args.failover else args.clients)
         and storm.get("peers_not_back") == 0,
         "zero_failed_after_listen": storm.get("failed_after_listen_total") == 0,
         "zero_lost": ver.get("lost") == 0,
@@ -694,7 +760,13 @@ def main(argv: list[str] | None = None) -> None:
         f"status {result['status']}\n"
         f"  first connect: {conn.get('connected')}/{args.clients} at "
         f"{conn.get('handshakes_per_s')}/s\n"
-        f"  down {storm.get('down_s')} s; all {storm.get('peers_back')} back (replayed) "
+        + (
+            f"  failover: pid {result.get('stopped_pid')} of 3 stopped, "
+            f"{storm.get('peers_that_lost_a_socket')} clients moved to the other two\n"
+            if args.failover
+            else ""
+        )
+        + f"  down {storm.get('down_s')} s; all {storm.get('peers_back')} back (replayed) "
         f"{storm.get('reconnect_all_s')} s after listening (p50 {storm.get('reconnect_p50_s')}, "
         f"p99 {storm.get('reconnect_p99_s')})\n"
         f"  handshakes {storm.get('handshakes')} at {storm.get('handshakes_per_s')}/s "
