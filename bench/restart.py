@@ -200,7 +200,7 @@ async def scenario(args: argparse.Namespace, ctx: dict) -> dict:
 
     kind, n = SERVERS[args.server], args.clients
     if args.failover:
-        kind += "-3p"  # three processes sharing Redis and the database
+        kind += f"-{args.processes}p"  # processes sharing Redis and the database
     out: dict[str, Any] = {"server": kind, "n": n, "status": "ok"}
     flush_redis(args.redis_url)
     base_id = await sync_to_async(newest_id)()
@@ -636,8 +636,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--failover",
         action="store_true",
-        help="three server processes; stop one and do not restart it: its clients resume on "
-        "the other two (each reconnect attempt dials the next server)",
+        help="--processes server processes; stop one and do not restart it: its clients "
+        "resume on the others (each reconnect attempt dials the next server)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        choices=[3, 4],
+        default=3,
+        help="with --failover (uvicorn-sansio only): how many server processes",
     )
     p.add_argument(
         "--down-extra", type=float, default=0.0, help="s to keep the server down after --missed"
@@ -672,6 +679,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a Redis database this benchmark may empty (bench.run uses 13)",
     )
     args = p.parse_args(argv)
+    if args.failover and args.server != "uvicorn-sansio":
+        p.error("--failover runs several uvicorn-sansio processes: use --server uvicorn-sansio")
     check_loopback(args.redis_url, "--redis-url")
     if args.missed > 200:
         log("note: more than REPLAY_LIMIT (200) missed: replays will be incomplete")
@@ -761,8 +770,8 @@ def main(argv: list[str] | None = None) -> None:
         f"  first connect: {conn.get('connected')}/{args.clients} at "
         f"{conn.get('handshakes_per_s')}/s\n"
         + (
-            f"  failover: pid {result.get('stopped_pid')} of 3 stopped, "
-            f"{storm.get('peers_that_lost_a_socket')} clients moved to the other two\n"
+            f"  failover: pid {result.get('stopped_pid')} of {args.processes} stopped, "
+            f"{storm.get('peers_that_lost_a_socket')} clients moved to the others\n"
             if args.failover
             else ""
         )
