@@ -80,10 +80,12 @@ class ServerProcess:
         *,
         server: str = "daphne",
         extra_args: tuple[str, ...] = (),
+        app: str = "project.asgi:application",
         **env: str,
     ) -> None:
         self.port = port or free_port()
         self.server = server
+        self.app = app
         self.extra_args = extra_args  # appended to the server's command line
         self.env = env
         self.process: subprocess.Popen | None = None
@@ -105,7 +107,7 @@ class ServerProcess:
             # "uvicorn" (--ws websockets) or "uvicorn-websockets-sansio"
             ws = self.server.partition("-")[2] or "websockets"
             command = [
-                sys.executable, "-m", "uvicorn", "project.asgi:application",
+                sys.executable, "-m", "uvicorn", self.app,
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--ws", ws, "--ws-per-message-deflate", "false",
                 # As the Dockerfile: the head deadline of docs/security.md.
@@ -121,7 +123,7 @@ class ServerProcess:
         else:
             command = [
                 sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                "project.asgi:application",
+                self.app,
             ]  # fmt: skip
         self.process = subprocess.Popen(
             [*command, *self.extra_args],

@@ -5,8 +5,9 @@ one echoed back unchanged. ``/ws/notifications/`` speaks a JSON protocol and ans
 messages with ``error`` frames, so against it most cases fail for protocol reasons that say
 nothing about the transport. This module keeps what carries the bytes as in production (the
 ``project.asgi`` HTTP application and settings, the same wrapping of the WebSocket routes as
-``notifications/realtime/routing.py``: ``OriginGuard`` around a ``URLRouter``, and the same
-server with the same options) and adds two echo routes next to ``/ws/notifications/``:
+``notifications/realtime/routing.py``: ``SendEmptyMessages`` and ``OriginGuard`` around a
+``URLRouter``, and the same server with the same options) and adds two echo routes next to
+``/ws/notifications/``:
 
 ``/ws/echo/``
     A plain ASGI consumer, like ``NotificationConsumer``: every message goes back as it came
@@ -35,6 +36,7 @@ from project.asgi import django_http
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path
 
+from notifications.realtime.daphne_compat import SendEmptyMessages
 from notifications.realtime.origin import OriginGuard
 from notifications.realtime.routing import websocket_urlpatterns
 from notifications.realtime.transport import Frame, writer_for
@@ -103,13 +105,15 @@ async def fast_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
             return
 
 
-websocket_application = OriginGuard(
-    URLRouter(
-        [
-            path("ws/echo/", echo),
-            path("ws/echo/fast/", fast_echo),
-            *websocket_urlpatterns,
-        ]
+websocket_application = SendEmptyMessages(
+    OriginGuard(
+        URLRouter(
+            [
+                path("ws/echo/", echo),
+                path("ws/echo/fast/", fast_echo),
+                *websocket_urlpatterns,
+            ]
+        )
     )
 )
 

@@ -36,10 +36,11 @@ REPORTS="${AUTOBAHN_REPORTS:-$WORK/reports}"
 
 # Cases that fail for a known, documented reason (docs/conformance.md). Anything else that
 # FAILS makes the run fail.
-# daphne 4.2.3 drops an empty message the application sends (`if message.get("text")`).
-KNOWN_DAPHNE="1.1.1,1.2.1,6.1.1,6.1.2"
-# /ws/echo/fast/ writes text frames itself; only the empty binary message goes through daphne.
-KNOWN_DAPHNE_FAST="1.2.1"
+# daphne 4.2.3 drops an empty message the application sends (`if message.get("text")`):
+# 1.1.1, 1.2.1, 6.1.1 and 6.1.2 failed until notifications.realtime.daphne_compat worked
+# around it (docs/conformance.md).
+KNOWN_DAPHNE=""
+KNOWN_DAPHNE_FAST=""
 KNOWN_UVICORN=""
 # websockets' sans-I/O protocol answers a close frame inside a fragmented message with 1002.
 KNOWN_UVICORN_SANSIO="7.1.5"

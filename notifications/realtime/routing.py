@@ -3,7 +3,8 @@
 ``websocket_application`` serves only ``/ws/notifications/`` and calls the consumer directly:
 no URL resolution and no copy of the scope per socket (a URLRouter would add both, and a
 coroutine frame that lives as long as the socket). To mount the consumer beside your own
-routes, use ``websocket_urlpatterns`` in your URLRouter, inside ``OriginGuard``.
+routes, use ``websocket_urlpatterns`` in your URLRouter, inside ``OriginGuard`` (and, on
+daphne, ``daphne_compat.SendEmptyMessages`` if your consumers send empty messages).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from channels.security.websocket import WebsocketDenier
 from django.urls import path
 
 from .consumer import NotificationConsumer
+from .daphne_compat import SendEmptyMessages
 from .origin import OriginGuard
 
 WEBSOCKET_PATH = "/ws/notifications/"
@@ -30,4 +32,6 @@ async def _endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await NotificationConsumer(scope, receive, send).run()
 
 
-websocket_application = OriginGuard(_endpoint)
+# SendEmptyMessages: daphne drops empty messages (daphne_compat.py); the consumer never sends
+# one, but a consumer mounted beside it may.
+websocket_application = SendEmptyMessages(OriginGuard(_endpoint))
