@@ -465,3 +465,36 @@ def _versions(*names: str) -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name.replace("_", "-"))
     return out
+
+
+@contextlib.contextmanager
+def benchmark_environment(args: argparse.Namespace, *, notifications: str = "") -> Any:
+    """One run's set-up and clean-up: a copy of the code under test, the database
+    (``--database``), the servers' environment (``notifications``: JSON merged into their
+    ``NOTIFICATIONS``), Django in this process. Yields ``{"tmp", "src", "code",
+    "project_env"}``; removes the copy and the database, and stops every child, at the end."""
+    from .servers import project_env
+
+    _remove_stale_temp()
+    tmp = Path(tempfile.mkdtemp(prefix=f"notifications-bench-{os.getpid()}-"))
+    drop_db = None
+    try:
+        src, code = snapshot(tmp)
+        database_url, drop_db = setup_database(args, tmp)
+        env = project_env(
+            database_url=database_url, redis_url=args.redis_url, poll_interval=args.poll_interval
+        )
+        if notifications:
+            json.loads(notifications)  # fail early on bad JSON
+            env["BENCH_NOTIFICATIONS"] = notifications
+            env["DJANGO_SETTINGS_MODULE"] = "bench.servers.tuned_settings"
+        setup_django(env)
+        yield {"tmp": tmp, "src": src, "code": code, "project_env": env}
+    finally:
+        _cleanup()
+        if drop_db is not None:
+            try:
+                drop_db()
+            except Exception as exc:
+                log(f"could not drop the benchmark database: {exc}")
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -20,11 +20,9 @@ import asyncio
 import atexit
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,16 +32,13 @@ from .common import (
     _children,
     _cleanup,
     _r,
-    _remove_stale_temp,
+    benchmark_environment,
     flush_redis,
     log,
-    setup_database,
-    setup_django,
-    snapshot,
     start_profiler,
     stop_profiler,
 )
-from .servers import KINDS, ServerGroup, project_env
+from .servers import KINDS, ServerGroup
 from .steady import make_users
 
 
@@ -216,29 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     cmdline = " ".join(["python -m bench.handshakes", *(sys.argv[1:] if argv is None else argv)])
     log(f"{cmdline}; {os.cpu_count()} cores")
     started = time.time()
-    _remove_stale_temp()
-    tmp = Path(tempfile.mkdtemp(prefix=f"notifications-bench-{os.getpid()}-"))
-    drop_db = None
-    try:
-        src, code = snapshot(tmp)
-        database_url, drop_db = setup_database(args, tmp)
-        env = project_env(
-            database_url=database_url, redis_url=args.redis_url, poll_interval=args.poll_interval
-        )
-        if args.notifications:
-            json.loads(args.notifications)  # fail early on bad JSON
-            env["BENCH_NOTIFICATIONS"] = args.notifications
-            env["DJANGO_SETTINGS_MODULE"] = "bench.servers.tuned_settings"
-        setup_django(env)
-        result = asyncio.run(amain(args, {"tmp": tmp, "src": src, "project_env": env}))
-    finally:
-        _cleanup()
-        if drop_db is not None:
-            try:
-                drop_db()
-            except Exception as exc:
-                log(f"could not drop the benchmark database: {exc}")
-        shutil.rmtree(tmp, ignore_errors=True)
+    with benchmark_environment(args, notifications=args.notifications) as ctx:
+        code = ctx["code"]
+        result = asyncio.run(amain(args, ctx))
     result = {
         "command": cmdline,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -143,17 +143,36 @@ GreetingRequest = tuple[AnyUser, int, int, Iterable[int]]
 def _greeting_values(
     user: Any, upto: int, counted_to: int, extra_topic_ids: Iterable[int]
 ) -> tuple[tuple, dict[str, Any]]:
-    extra = sorted(set(extra_topic_ids))
+    topic_count, values = _described(user, extra_topic_ids)
+    values.update(upto=upto, counted_to=counted_to, ceiling=max(upto, counted_to))
+    return (bool(user.is_staff), topic_count), values
+
+
+def _described(user: Any, extra_topic_ids: Iterable[int]) -> tuple[int, dict[str, Any]]:
+    """A signed-in user as the compiled statements take one: values alone (``user_id``,
+    ``joined``, ``now``, ``topic0``...), and how many extra topics there are (a shape)."""
+    topics = sorted(set(extra_topic_ids))
     values = {
         "user_id": user.pk,
         "joined": user.date_joined,
         "now": timezone.now(),
-        "upto": upto,
-        "counted_to": counted_to,
-        "ceiling": max(upto, counted_to),
-        **{f"topic{i}": topic_id for i, topic_id in enumerate(extra)},
+        **{f"topic{i}": topic_id for i, topic_id in enumerate(topics)},
     }
-    return (bool(user.is_staff), len(extra)), values
+    return len(topics), values
+
+
+def _stand_in(user_id: int, joined: datetime, is_staff: bool) -> Any:
+    """A user object built from :func:`_described` values, for ``visible_to``."""
+    user = get_user_model()(pk=user_id, date_joined=joined, is_staff=is_staff)
+    user._state.adding = False
+    return user
+
+
+def _watermark(user_id: int) -> Coalesce:
+    """The user's "read through" id (``InboxState``), 0 without one, as a subquery."""
+    return Coalesce(
+        Subquery(InboxState.objects.filter(user_id=user_id).values("read_through")[:1]), 0
+    )
 
 
 def _greeting_of(row: tuple | None) -> Greeting:
@@ -182,10 +201,7 @@ def greeting_orm(
 def _signed_in_greeting(
     visible: QuerySet, *, user_id: int, upto: int, counted_to: int, ceiling: int
 ) -> dict:
-    watermark = Coalesce(
-        Subquery(InboxState.objects.filter(user_id=user_id).values("read_through")[:1]), 0
-    )
-    unread = Q(id__gt=watermark, id__lte=counted_to) & ~Exists(
+    unread = Q(id__gt=_watermark(user_id), id__lte=counted_to) & ~Exists(
         ReadMark.objects.filter(user_id=user_id, event=OuterRef("pk"))
     )
     return visible.filter(id__lte=ceiling).aggregate(
@@ -199,8 +215,7 @@ def _build_signed_in_greeting(
     """:func:`_signed_in_greeting` for a user described by values alone (what CompiledQuery
     swaps); ``shape`` is (is_staff, number of extra topics ``topic0``, ``topic1``...)."""
     is_staff, topic_count = shape
-    user = get_user_model()(pk=user_id, date_joined=joined, is_staff=is_staff)
-    user._state.adding = False
+    user = _stand_in(user_id, joined, is_staff)
     topics = [values.pop(f"topic{i}") for i in range(topic_count)]
     visible = Event.objects.filter(visible_to(user, extra_topic_ids=topics, now=now))
     return _signed_in_greeting(visible, user_id=user_id, **values)
@@ -260,16 +275,9 @@ def replays(requests: Sequence[ReplayRequest]) -> list[list[tuple[Event, bool]]]
     for i, (user, after, upto, limit, extra) in enumerate(requests):
         if not user.is_authenticated:
             raise ValueError("replays() is for signed-in users")
-        topics = sorted(set(extra))
-        values = {
-            "user_id": user.pk,
-            "joined": user.date_joined,
-            "now": timezone.now(),
-            "after": after,
-            "upto": upto,
-            **{f"topic{n}": topic_id for n, topic_id in enumerate(topics)},
-        }
-        by_shape.setdefault((bool(user.is_staff), len(topics), limit), []).append((i, values))
+        topic_count, values = _described(user, extra)
+        values.update(after=after, upto=upto)
+        by_shape.setdefault((bool(user.is_staff), topic_count, limit), []).append((i, values))
     found: list[list[tuple[int, bool]]] = [[] for _ in requests]
     for shape, items in by_shape.items():
         rows = _REPLAY.rows_each(shape, [values for _, values in items])
@@ -301,14 +309,10 @@ def _build_replay(
     values alone (what CompiledQuery swaps); ``shape`` is (is_staff, number of extra topics
     ``topic0``..., limit)."""
     is_staff, topic_count, limit = shape
-    user = get_user_model()(pk=user_id, date_joined=joined, is_staff=is_staff)
-    user._state.adding = False
+    user = _stand_in(user_id, joined, is_staff)
     extra = [topics[f"topic{i}"] for i in range(topic_count)]
-    watermark = Coalesce(
-        Subquery(InboxState.objects.filter(user_id=user_id).values("read_through")[:1]), 0
-    )
     is_read = ExpressionWrapper(
-        Q(id__lte=watermark)
+        Q(id__lte=_watermark(user_id))
         | Exists(ReadMark.objects.filter(user_id=user_id, event=OuterRef("pk"))),
         output_field=BooleanField(),
     )
