@@ -118,6 +118,47 @@ def test_another_session_engine_takes_djangos_path_for_each_key(make_user, setti
     ]
 
 
+def test_one_unreadable_session_fails_only_its_own_handshake(make_user):
+    """A key the database cannot store (a NUL byte: PostgreSQL refuses the whole statement)
+    and a session Django cannot read must not fail the other keys of the batch."""
+    alice, bob = make_user("alice"), make_user("bob")
+    broken = _key(bob)
+    store = Session.objects.get(session_key=broken)
+    data = store.get_decoded()
+    data["_auth_user_id"] = "not-a-number"  # Django's get_user raises on it
+    Session.objects.filter(pk=store.pk).update(
+        session_data=Session.objects.encode(data)  # type: ignore[attr-defined]
+    )
+    good = _key(alice)
+    answers = authenticate_many([good, "abcdefgh\x00ijklmnop", broken, "k" * 500, good])
+    assert _who(answers[0]) == _who(answers[4]) == (alice.pk, good)
+    assert _who(answers[1]) == _who(answers[3]) == (None, None)
+    assert isinstance(answers[2], Exception)
+    with pytest.raises(type(answers[2])):
+        authenticate(broken)  # as Django answers it one at a time
+
+
+async def test_a_poisoned_cookie_does_not_refuse_the_handshakes_beside_it(amake_user):
+    from .support import Socket
+
+    users = [await amake_user(f"beside{i}") for i in range(6)]
+    cookies = [await db(session_cookie)(user) for user in users]
+    poisoned = Socket(cookie="sessionid=abcdefgh\x00ijklmnop")
+    sockets = [Socket(cookie=cookie) for cookie in cookies]
+    try:
+        results = await asyncio.gather(
+            poisoned.communicator.connect(timeout=10),
+            *(s.communicator.connect(timeout=10) for s in sockets),
+        )
+        assert all(ok for ok, _ in results)
+        assert (await poisoned.expect("hello", timeout=10))["user"] is None  # anonymous
+        hellos = [await s.expect("hello", timeout=10) for s in sockets]
+        assert [h["user"] for h in hellos] == [u.username for u in users]
+    finally:
+        for socket in [poisoned, *sockets]:
+            await socket.close()
+
+
 # memberships and greetings -------------------------------------------------------------------
 
 

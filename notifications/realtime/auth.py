@@ -59,13 +59,23 @@ def authenticate(session_key: str | None) -> Authenticated:
     return user, store.session_key
 
 
-def authenticate_many(session_keys: Sequence[str | None]) -> list[Authenticated]:
-    """:func:`authenticate` for each key, in two queries where Django's behaviour allows."""
+def authenticate_many(session_keys: Sequence[str | None]) -> list[Authenticated | Exception]:
+    """:func:`authenticate` for each key, in two queries where Django's behaviour allows.
+
+    Where :func:`authenticate` raises for a key (Django's ``get_user`` on a session it cannot
+    read), that key's answer is the exception, so that one handshake fails, not its batch."""
     store_class = import_module(settings.SESSION_ENGINE).SessionStore
     if not _sessions_batchable(store_class):
-        return [authenticate(key) for key in session_keys]
+        return [_or_exception(key) for key in session_keys]
     stores = {key: store_class(key) for key in session_keys if key}
-    valid = {key for key, store in stores.items() if store.session_key}  # well-formed keys
+    # Well-formed keys that a row could have: a key the database cannot store (a NUL byte,
+    # too long) matches no session, and in the shared query would fail everyone's handshake.
+    longest = store_class.get_model_class()._meta.get_field("session_key").max_length
+    valid = {
+        key
+        for key, store in stores.items()
+        if store.session_key and "\x00" not in key and len(key) <= longest
+    }
     data = _load_sessions(store_class, valid)
     wanted: dict[str, tuple[Any, Any]] = {}  # session key -> (user id, backend)
     slow: set[str] = set()  # keys that take Django's own path
@@ -102,11 +112,18 @@ def authenticate_many(session_keys: Sequence[str | None]) -> list[Authenticated]
             found[key] = (user, key)
         else:
             slow.add(key)  # Django flushes the session, or cycles its key (fallback secrets)
+    failed: dict[str, Exception] = {}
     for key in slow:
-        found[key] = authenticate(key)
-    answers: list[Authenticated] = []
+        try:
+            found[key] = authenticate(key)
+        except Exception as exc:  # that handshake's own failure, as one at a time
+            failed[key] = exc
+    answers: list[Authenticated | Exception] = []
     handed_out: set[int] = set()
     for key in session_keys:
+        if key in failed:
+            answers.append(failed[key])
+            continue
         user, found_key = (found.get(key) or (None, None)) if key else (None, None)
         if user is None or not user.is_authenticated:
             answers.append((AnonymousUser(), None))
@@ -116,6 +133,13 @@ def authenticate_many(session_keys: Sequence[str | None]) -> list[Authenticated]
         handed_out.add(id(user))
         answers.append((user, found_key))
     return answers
+
+
+def _or_exception(key: str | None) -> Authenticated | Exception:
+    try:
+        return authenticate(key)
+    except Exception as exc:
+        return exc
 
 
 def _sessions_batchable(store_class: type) -> bool:

@@ -89,15 +89,19 @@ def _handshakes(requests: list[tuple[str | None, list[str]]]) -> list[Handshake 
     (``batching.py``): their users (one query for all the sessions, one for all the users),
     their memberships (one statement on PostgreSQL) and ``?topic=`` subscriptions (a
     handshake's topic error is its own)."""
-    users = [user for user, _ in authenticate_many([key for key, _ in requests])]
+    authenticated = authenticate_many([key for key, _ in requests])
+    users = [AnonymousUser() if isinstance(a, Exception) else a[0] for a in authenticated]
     for user in users:
         if user.is_authenticated:
             # Remembered for the session check: a password change ends the socket.
             user.notifications_auth_hash = user.get_session_auth_hash()
     answers: list[Handshake | Exception] = []
-    for (_, slugs), user, membership in zip(
-        requests, users, audiences.memberships_of(users), strict=True
+    for (_, slugs), outcome, user, membership in zip(
+        requests, authenticated, users, audiences.memberships_of(users), strict=True
     ):
+        if isinstance(outcome, Exception):
+            answers.append(outcome)  # this handshake alone fails (a session Django cannot read)
+            continue
         try:
             answers.append((user, membership, *_subscribe(user, slugs)))
         except Exception as exc:
