@@ -9,10 +9,12 @@ import logging
 import os
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
 
 from .. import eventlog, metrics
 from ..conf import notifications_settings
@@ -130,3 +132,9 @@ def publish_raw(message: dict[str, Any]) -> None:
         metrics.PUBLISH_FAILURES.inc()
         logger.exception("publish failed for %s; hubs will catch up by polling", message["type"])
         eventlog.emit("publish_failure", message=message["type"], error=eventlog.describe(exc))
+
+
+def publish_on_commit(message: dict[str, Any]) -> None:
+    """Publish ``message`` when the current transaction commits (at once outside one);
+    nothing if it rolls back. Every write that reaches sockets publishes this way."""
+    transaction.on_commit(partial(publish_raw, message), robust=True)
