@@ -32,11 +32,11 @@ R = TypeVar("R")
 class _LoopState:
     """Per event loop (tests run many): the waiting calls and the batch in flight."""
 
-    __slots__ = ("pending", "running", "tasks")
+    __slots__ = ("busy", "pending", "tasks")
 
     def __init__(self) -> None:
         self.pending: list[tuple[Any, asyncio.Future]] = []
-        self.running = 0
+        self.busy = False  # a batch of this kind is running
         self.tasks: set[asyncio.Task] = set()
 
 
@@ -64,9 +64,9 @@ class Batcher(Generic[T, R]):
         return await future
 
     def _start(self, state: _LoopState) -> None:
-        if state.pending and not state.running:
+        if state.pending and not state.busy:
             batch, state.pending = state.pending[: self.limit], state.pending[self.limit :]
-            state.running += 1
+            state.busy = True
             task = asyncio.ensure_future(self._serve(state, batch))
             state.tasks.add(task)  # a reference, so that the task is not collected
             task.add_done_callback(state.tasks.discard)
@@ -82,7 +82,7 @@ class Batcher(Generic[T, R]):
             answers = [exc] * len(batch)
             cancelled = isinstance(exc, asyncio.CancelledError)  # the loop is closing
         finally:
-            state.running -= 1
+            state.busy = False
         for (_, future), answer in zip(batch, answers, strict=True):
             if future.done():  # the handshake was cancelled (its client went away)
                 continue

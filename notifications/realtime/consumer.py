@@ -28,13 +28,12 @@ from .. import audiences, eventlog, i18n, metrics, retention, selectors, service
 from .. import channels as object_channels
 from ..audiences import Membership
 from ..conf import notifications_settings
-from . import drain, frames, presence_watch
-from .auth import authenticate_many, session_key_from
-from .batching import Batcher
+from . import drain, frames, handshakes, presence_watch
+from .auth import session_key_from
 from .connection import Connection
 from .frames import ClientFrame, FrameError
 from .hub import get_hub
-from .loads import ReplayRequest, load_replays
+from .loads import ReplayRequest
 from .origin import header
 from .transport import writer_for
 
@@ -79,53 +78,6 @@ class RateLimiter:
 
 
 _limiter = RateLimiter()
-
-
-Handshake = tuple[Any, Membership, list[int], list[tuple[str, str]]]
-
-
-def _handshakes(requests: list[tuple[str | None, list[str]]]) -> list[Handshake | Exception]:
-    """What handshakes need from the database, for all that arrived together
-    (``batching.py``): their users (one query for all the sessions, one for all the users),
-    their memberships (one statement on PostgreSQL) and ``?topic=`` subscriptions (a
-    handshake's topic error is its own)."""
-    authenticated = authenticate_many([key for key, _ in requests])
-    users = [AnonymousUser() if isinstance(a, Exception) else a[0] for a in authenticated]
-    for user in users:
-        if user.is_authenticated:
-            # Remembered for the session check: a password change ends the socket.
-            user.notifications_auth_hash = user.get_session_auth_hash()
-    answers: list[Handshake | Exception] = []
-    for (_, slugs), outcome, user, membership in zip(
-        requests, authenticated, users, audiences.memberships_of(users), strict=True
-    ):
-        if isinstance(outcome, Exception):
-            answers.append(outcome)  # this handshake alone fails (a session Django cannot read)
-            continue
-        try:
-            answers.append((user, membership, *_subscribe(user, slugs)))
-        except Exception as exc:
-            answers.append(exc)
-    return answers
-
-
-def _subscribe(user: Any, slugs: list[str]) -> tuple[list[int], list[tuple[str, str]]]:
-    """``?topic=`` subscriptions: the topics' ids, and an error per refused slug."""
-    topics, errors = [], []
-    for slug in slugs:
-        if not frames.SLUG_RE.match(slug):
-            errors.append(("bad_request", "'topic' must be a topic slug"))
-            continue
-        try:
-            topics.append(services.subscribe(user, slug).pk)
-        except services.TopicError as exc:
-            errors.append((exc.code, str(exc)))
-    return topics, errors
-
-
-_handshake_batches = Batcher(_handshakes)
-_greeting_batches = Batcher(selectors.greetings)
-_replay_batches = Batcher(load_replays)
 
 
 def _unsubscribe(user: Any, slug: str) -> tuple[Any, bool]:
@@ -219,7 +171,7 @@ class NotificationConsumer:
         try:
             await hub.ready()
             if session_key or slugs:
-                user, membership, topics, topic_errors = await _handshake_batches(
+                user, membership, topics, topic_errors = await handshakes.handshake_batches(
                     (session_key, slugs)
                 )
             else:  # an anonymous visitor without cookies: nothing to look up
@@ -294,7 +246,7 @@ class NotificationConsumer:
         try:
             # Count what this socket will not bring live: up to its start, or up to the
             # client's cursor when that is ahead (events the page already rendered).
-            return await _greeting_batches(
+            return await handshakes.greeting_batches(
                 (self.user, start, max(start, cursor or 0), self.conn.anon_topics)
             )
         except Exception:
@@ -489,7 +441,7 @@ class NotificationConsumer:
         if self.user.is_authenticated or conn.anon_topics or conn.channels or topic_id is not None:
             # Batched with the replays that arrive together (a restart brings every client
             # back at once): one statement for all the signed-in ones (loads.load_replays).
-            texts = await _replay_batches(
+            texts = await handshakes.replay_batches(
                 ReplayRequest(
                     self.user,
                     after=after,
